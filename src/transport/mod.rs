@@ -1,0 +1,5 @@
+//! Transport: sockets, HTTP/1.1 on the gateway port, and the WebSocket connection loop.
+//!
+//! Owns: bytes in and bytes out. Must not touch: auth decisions, method semantics.
+
+pub mod ws;

@@ -1,0 +1,3 @@
+//! WebSocket (RFC 6455): the sans-IO codec.
+
+pub mod codec;
