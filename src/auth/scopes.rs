@@ -1,4 +1,4 @@
-//! Operator scopes and the satisfaction rule (OWNED BY THE AUTH HELPER — stub).
+//! Operator scopes and the satisfaction rule (PROTOCOL.md §5).
 
 /// `operator.read`.
 pub const READ: &str = "operator.read";
@@ -18,15 +18,81 @@ pub const TALK: &str = "operator.talk";
 pub const TALK_SECRETS: &str = "operator.talk.secrets";
 
 /// Every operator scope (the closed set).
-pub const ALL: &[&str] = &[READ, WRITE, ADMIN, APPROVALS, QUESTIONS, PAIRING, TALK, TALK_SECRETS];
+pub const ALL: &[&str] = &[
+    READ,
+    WRITE,
+    ADMIN,
+    APPROVALS,
+    QUESTIONS,
+    PAIRING,
+    TALK,
+    TALK_SECRETS,
+];
 
 /// True when `granted` satisfies `required` (PROTOCOL.md §5: exact, admin, or write ⊇ read/talk).
+///
+/// `required` is satisfied when `granted` contains it, or contains [`ADMIN`], or `required`
+/// is [`READ`] or [`TALK`] and `granted` contains [`WRITE`]. Comparison is exact
+/// (case-sensitive); nothing else implies anything (e.g. `operator.talk` does not imply
+/// `operator.talk.secrets`).
 pub fn satisfied(granted: &[String], required: &str) -> bool {
-    let _ = (granted, required);
-    false
+    let has = |s: &str| granted.iter().any(|g| g == s);
+    has(required) || has(ADMIN) || ((required == READ || required == TALK) && has(WRITE))
 }
 
 /// True when `s` is a known operator scope.
 pub fn is_known(s: &str) -> bool {
     ALL.contains(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn exact() {
+        assert!(satisfied(&g(&[READ]), READ));
+        assert!(satisfied(&g(&[PAIRING, READ]), PAIRING));
+        assert!(!satisfied(&g(&[READ]), PAIRING));
+        assert!(!satisfied(&g(&[]), READ));
+        assert!(!satisfied(&g(&["OPERATOR.READ"]), READ));
+    }
+
+    #[test]
+    fn admin_implies_everything() {
+        for s in ALL {
+            assert!(satisfied(&g(&[ADMIN]), s));
+        }
+        assert!(satisfied(&g(&[ADMIN]), "operator.unknown"));
+    }
+
+    #[test]
+    fn write_implies_read_and_talk_only() {
+        let w = g(&[WRITE]);
+        assert!(satisfied(&w, READ));
+        assert!(satisfied(&w, TALK));
+        assert!(satisfied(&w, WRITE));
+        for s in [ADMIN, APPROVALS, PAIRING, QUESTIONS, TALK_SECRETS] {
+            assert!(!satisfied(&w, s), "{s}");
+        }
+    }
+
+    #[test]
+    fn no_other_implications() {
+        assert!(!satisfied(&g(&[READ]), WRITE));
+        assert!(!satisfied(&g(&[TALK]), TALK_SECRETS));
+        assert!(!satisfied(&g(&[TALK_SECRETS]), TALK));
+        assert!(!satisfied(&g(&[PAIRING, APPROVALS, QUESTIONS]), READ));
+    }
+
+    #[test]
+    fn known() {
+        assert!(is_known(TALK_SECRETS));
+        assert!(!is_known("operator"));
+        assert_eq!(ALL.len(), 8);
+    }
 }
