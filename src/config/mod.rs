@@ -8,7 +8,10 @@ mod load;
 
 use std::path::PathBuf;
 
-pub use load::{load, redact_secrets, ConfigError};
+pub use load::{
+    config_hash, config_hash_keyed, load, redact_raw, redact_secrets, ConfigError,
+    REDACTED_SENTINEL,
+};
 
 /// Where configuration and state live (`OPENCLAW_CONFIG_PATH`, `OPENCLAW_STATE_DIR`, `~/.openclaw`).
 #[derive(Debug, Clone)]
@@ -31,7 +34,10 @@ impl Paths {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| state_dir.join("openclaw.json"));
-        Self { state_dir, config_path }
+        Self {
+            state_dir,
+            config_path,
+        }
     }
 }
 
@@ -108,6 +114,9 @@ pub struct Config {
     pub raw: String,
     /// The parsed document after `${VAR}` substitution (`{}` when absent).
     pub parsed: serde_json::Value,
+    /// The parsed document before substitution, `${VAR}` references intact (`{}` when absent);
+    /// what OpenClaw's `config.get` calls `parsed`/`sourceConfig`.
+    pub source: serde_json::Value,
     /// Non-fatal issues (unknown keys, ...), each as a human-readable string.
     pub issues: Vec<String>,
     /// The gateway section.
@@ -128,6 +137,7 @@ impl Config {
             exists: false,
             raw: String::new(),
             parsed: serde_json::Value::Object(Default::default()),
+            source: serde_json::Value::Object(Default::default()),
             issues: Vec::new(),
             gateway: GatewayConfig::default(),
             agents: Vec::new(),
