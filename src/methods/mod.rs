@@ -1,1 +1,358 @@
-//! methods (in progress).
+//! The protocol session of one WebSocket (handshake, then requests) and the flat method table.
+//!
+//! Owns: what a text frame means — `connect` first, then `req`s dispatched through [`TABLE`]
+//! after the role and scope checks. Handlers return values; they never write to sockets
+//! directly (the session queues the response on the connection's outbox).
+//! Must not touch: raw bytes or the WebSocket layer.
+
+pub mod connect;
+pub mod system;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use crate::auth::{scopes, token};
+use crate::protocol::error::ErrorShape;
+use crate::protocol::frames::{encode_err, encode_event_unsequenced, encode_ok, parse_request};
+use crate::runtime::core::{now_ms, Authority, Core};
+use crate::transport::outbox::Outbox;
+use crate::transport::ws::codec::OpCode;
+
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleReq {
+    /// Operators (then the scope check applies).
+    Operator,
+    /// Node hosts only.
+    Node,
+    /// Any authenticated socket.
+    Any,
+}
+
+/// A synchronous handler: session + params → payload or error.
+pub type Handler = fn(&Session, &Value) -> Result<Value, ErrorShape>;
+
+/// One row of the method table.
+pub struct MethodSpec {
+    /// Wire name.
+    pub name: &'static str,
+    /// Role required.
+    pub role: RoleReq,
+    /// Scope required (`None` = any authenticated operator).
+    pub scope: Option<&'static str>,
+    /// The handler.
+    pub handler: Handler,
+}
+
+/// Every method clawgate implements. `features.methods` in hello-ok is this list.
+pub static TABLE: &[MethodSpec] = &[
+    // `health` is answered on any authenticated socket, even zero-scope probes (observed).
+    MethodSpec { name: "health", role: RoleReq::Any, scope: None, handler: system_methods::health },
+    MethodSpec { name: "status", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::status },
+    MethodSpec { name: "system-presence", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::presence },
+    MethodSpec { name: "system-event", role: RoleReq::Operator, scope: Some(scopes::ADMIN), handler: system_methods::system_event },
+    MethodSpec { name: "last-heartbeat", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::last_heartbeat },
+    MethodSpec { name: "models.list", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::models_list },
+    MethodSpec { name: "agents.list", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::agents_list },
+    MethodSpec { name: "config.get", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::config_get },
+    MethodSpec { name: "sessions.list", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::sessions_list },
+    MethodSpec { name: "node.list", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::node_list },
+    MethodSpec { name: "device.pair.list", role: RoleReq::Operator, scope: Some(scopes::PAIRING), handler: system_methods::device_pair_list },
+];
+
+/// Events clawgate emits (`features.events`).
+pub static EVENTS: &[&str] = &["tick", "presence", "shutdown"];
+
+/// Names of [`TABLE`] in order.
+pub fn method_names() -> Vec<&'static str> {
+    TABLE.iter().map(|m| m.name).collect()
+}
+
+fn lookup(name: &str) -> Option<&'static MethodSpec> {
+    TABLE.iter().find(|m| m.name == name)
+}
+
+/// What the connection loop must do after a text frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep reading.
+    Continue,
+    /// `hello-ok` was sent: lift the pre-auth limits.
+    Authenticated,
+    /// Close with this code and reason (the error response is already queued).
+    Close(u16, String),
+}
+
+/// The client as it described itself in `connect`.
+#[derive(Debug, Clone)]
+pub struct ClientMeta {
+    /// `client.id`.
+    pub id: String,
+    /// `client.mode`.
+    pub mode: String,
+    /// `client.version`.
+    pub version: String,
+    /// `client.platform`.
+    pub platform: String,
+    /// `client.deviceFamily`.
+    pub device_family: Option<String>,
+    /// `client.instanceId`.
+    pub instance_id: Option<String>,
+    /// Device id when signed.
+    pub device_id: Option<String>,
+}
+
+/// Protocol state of one WebSocket.
+pub struct Session {
+    /// This core.
+    pub core: Rc<Core>,
+    /// Connection id on this core.
+    pub conn_id: u64,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Direct local (loopback peer, no forwarding, no browser origin).
+    pub local: bool,
+    outbox: Rc<Outbox>,
+    /// The challenge nonce; taken (single-use) by the first `connect`.
+    nonce: Option<String>,
+    /// Set after hello-ok.
+    pub authority: Option<Rc<Authority>>,
+    /// Set after hello-ok.
+    pub client: Option<ClientMeta>,
+    in_presence: bool,
+}
+
+impl Session {
+    /// A session for a freshly upgraded socket.
+    pub fn new(core: Rc<Core>, conn_id: u64, peer: SocketAddr, local: bool, outbox: Rc<Outbox>) -> Self {
+        Self { core, conn_id, peer, local, outbox, nonce: None, authority: None, client: None, in_presence: false }
+    }
+
+    /// Send `connect.challenge` (must be the first frame on the socket).
+    pub fn send_challenge(&mut self) {
+        let nonce = token::uuid_v4();
+        let payload = json!({"nonce": nonce, "ts": now_ms(), "capabilities": []});
+        self.outbox.push_frame(OpCode::Text, &encode_event_unsequenced("connect.challenge", &payload));
+        self.nonce = Some(nonce);
+    }
+
+    fn reply(&self, bytes: &[u8]) {
+        self.outbox.push_frame(OpCode::Text, bytes);
+    }
+
+    fn fail(&self, id: &str, err: ErrorShape, code: u16) -> Verdict {
+        let reason = err.message.clone();
+        self.reply(&encode_err(id, &err, None));
+        Verdict::Close(code, reason)
+    }
+
+    /// Handle one complete text message.
+    pub async fn on_text(&mut self, payload: &[u8]) -> Verdict {
+        let req = match parse_request(payload) {
+            Ok(r) => r,
+            Err(fe) => {
+                let id = fe.id.unwrap_or_default();
+                if self.authority.is_none() {
+                    return self.fail(&id, fe.error, 1008);
+                }
+                self.reply(&encode_err(&id, &fe.error, None));
+                return Verdict::Continue;
+            }
+        };
+        let Some(authority) = self.authority.clone() else {
+            if req.method != "connect" {
+                let err = ErrorShape::invalid("invalid handshake: first request must be connect");
+                return self.fail(&req.id, err, 1008);
+            }
+            let id = req.id.into_owned();
+            return connect::handle(self, &id, req.params).await;
+        };
+        let params = req.params.unwrap_or(Value::Null);
+        let result = self.dispatch(&authority, &req.method, &params);
+        match result {
+            Ok(v) => self.reply(&encode_ok(&req.id, &v)),
+            Err(e) => self.reply(&encode_err(&req.id, &e, None)),
+        }
+        Verdict::Continue
+    }
+
+    fn dispatch(&self, a: &Authority, method: &str, params: &Value) -> Result<Value, ErrorShape> {
+        if method == "connect" {
+            return Err(ErrorShape::invalid("connect already completed on this socket"));
+        }
+        let spec = lookup(method).ok_or_else(|| ErrorShape::unknown_method(method))?;
+        match spec.role {
+            RoleReq::Any => {}
+            RoleReq::Operator if a.role == "operator" => {}
+            RoleReq::Node if a.role == "node" => {}
+            _ => {
+                return Err(ErrorShape::new(
+                    crate::protocol::error::FORBIDDEN,
+                    format!("unauthorized role: {}", a.role),
+                ))
+            }
+        }
+        if let Some(scope) = spec.scope {
+            if !scopes::satisfied(&a.scopes, scope) {
+                return Err(ErrorShape::missing_scope(scope));
+            }
+        }
+        (spec.handler)(self, params)
+    }
+
+    /// Called by `connect` on success.
+    pub(crate) fn authenticated(&mut self, authority: Rc<Authority>, client: ClientMeta) {
+        self.core.set_authority(self.conn_id, authority.clone());
+        if !matches!(client.mode.as_str(), "cli" | "probe") {
+            let entry = system::client_presence_entry(&presence_of(&client, &authority, self.peer), now_ms());
+            self.core.presence_join(self.conn_id, entry);
+            self.in_presence = true;
+        }
+        self.authority = Some(authority);
+        self.client = Some(client);
+    }
+
+    /// Take the challenge nonce (single use).
+    pub(crate) fn take_nonce(&mut self) -> Option<String> {
+        self.nonce.take()
+    }
+
+    /// Queue a frame (used by `connect`).
+    pub(crate) fn send(&self, bytes: &[u8]) {
+        self.reply(bytes);
+    }
+
+    /// The socket is gone.
+    pub fn on_closed(&mut self) {
+        if self.in_presence {
+            self.core.presence_leave(self.conn_id);
+            self.in_presence = false;
+        }
+    }
+
+    /// A view of gateway state for the payload builders.
+    pub fn with_view<R>(&self, f: impl FnOnce(&system::SystemView<'_>) -> R) -> R {
+        with_view(&self.core, f)
+    }
+}
+
+fn presence_of(c: &ClientMeta, a: &Authority, peer: SocketAddr) -> system::ClientPresence {
+    system::ClientPresence {
+        host: None,
+        ip: Some(peer.ip().to_string()),
+        version: c.version.clone(),
+        platform: c.platform.clone(),
+        device_family: c.device_family.clone(),
+        mode: c.mode.clone(),
+        client_id: c.id.clone(),
+        instance_id: c.instance_id.clone(),
+        device_id: c.device_id.clone(),
+        roles: vec![a.role.clone()],
+        scopes: a.scopes.clone(),
+        connected_at_ms: now_ms(),
+    }
+}
+
+/// Build a [`system::SystemView`] of this core's state.
+pub fn with_view<R>(core: &Core, f: impl FnOnce(&system::SystemView<'_>) -> R) -> R {
+    let cfg = &core.shared.config;
+    let sessions_path = cfg
+        .paths
+        .state_dir
+        .join("agents")
+        .join(cfg.default_agent_id())
+        .join("sessions")
+        .join("sessions.json")
+        .display()
+        .to_string();
+    let view = system::SystemView {
+        now_ms: now_ms(),
+        started_at_ms: core.shared.started_at_ms,
+        config: cfg,
+        host: &core.shared.host,
+        ip: "127.0.0.1",
+        instance_id: &core.shared.instance_id,
+        sessions: &[],
+        sessions_path: &sessions_path,
+        heartbeat_seconds: 0,
+    };
+    f(&view)
+}
+
+/// The gateway's own presence row.
+pub fn gateway_presence(core: &Core) -> Value {
+    with_view(core, system::gateway_presence_entry)
+}
+
+mod system_methods {
+    //! Thin adapters from the table to the pure builders in `system`.
+    use super::*;
+
+    pub(super) fn health(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
+        Ok(s.with_view(system::health_snapshot))
+    }
+    pub(super) fn status(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
+        Ok(s.with_view(system::status))
+    }
+    pub(super) fn presence(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
+        Ok(Value::Array(s.core.presence.borrow().entries.clone()))
+    }
+    pub(super) fn last_heartbeat(_s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
+        Ok(Value::Null)
+    }
+    pub(super) fn models_list(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
+        Ok(s.with_view(system::models_list))
+    }
+    pub(super) fn agents_list(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
+        Ok(s.with_view(system::agents_list))
+    }
+    pub(super) fn config_get(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
+        Ok(s.with_view(system::config_get))
+    }
+    pub(super) fn sessions_list(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
+        s.with_view(|v| system::sessions_list(v, p)).map_err(|m| ErrorShape::invalid_params("sessions.list", m))
+    }
+    pub(super) fn node_list(_s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
+        Ok(json!({"ts": now_ms(), "nodes": []}))
+    }
+    pub(super) fn device_pair_list(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
+        let reg = s.core.devices.borrow();
+        let paired: Vec<Value> = reg.iter().map(|d| crate::store::devices::to_pair_list_entry(d, false)).collect();
+        Ok(json!({"pending": [], "paired": paired}))
+    }
+
+    /// `system-event`: upsert a presence row (keyed by instance/device/host) and broadcast.
+    pub(super) fn system_event(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
+        let Some(obj) = p.as_object() else {
+            return Err(ErrorShape::invalid_params("system-event", "params must be an object"));
+        };
+        let text = obj.get("text").and_then(Value::as_str).filter(|t| !t.trim().is_empty());
+        let Some(text) = text else {
+            return Err(ErrorShape::invalid_params("system-event", "text (non-empty string) is required"));
+        };
+        let mut entry = serde_json::Map::new();
+        for k in [
+            "deviceId", "instanceId", "host", "ip", "mode", "version", "platform", "deviceFamily",
+            "modelIdentifier", "lastInputSeconds", "reason", "roles", "scopes", "tags",
+        ] {
+            if let Some(v) = obj.get(k) {
+                entry.insert(k.to_string(), v.clone());
+            }
+        }
+        entry.insert("text".into(), Value::String(text.to_string()));
+        entry.insert("ts".into(), json!(now_ms()));
+        let key_src = ["instanceId", "deviceId", "host"]
+            .iter()
+            .find_map(|k| obj.get(*k).and_then(Value::as_str))
+            .unwrap_or(text);
+        let key = fnv1a(key_src.as_bytes());
+        s.core.presence_event(key, Value::Object(entry));
+        Ok(json!({"ok": true}))
+    }
+
+    fn fnv1a(b: &[u8]) -> u64 {
+        b.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, x| (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3))
+    }
+}

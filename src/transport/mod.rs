@@ -3,3 +3,6 @@
 //! Owns: bytes in and bytes out. Must not touch: auth decisions, method semantics.
 
 pub mod ws;
+pub mod conn;
+pub mod http;
+pub mod outbox;

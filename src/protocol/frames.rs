@@ -1,0 +1,198 @@
+//! `req` / `res` / `event` frames (PROTOCOL.md §2).
+//!
+//! Requests are parsed straight from the unmasked WebSocket payload with borrowed strings;
+//! responses and events are serialized into byte vectors ready to be framed.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ErrorShape;
+
+/// A parsed request. `id` and `method` borrow from the read buffer when unescaped.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request<'a> {
+    /// Always `"req"`.
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    /// Opaque request id.
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// Method name.
+    #[serde(borrow)]
+    pub method: Cow<'a, str>,
+    /// Parameters (any JSON).
+    #[serde(default)]
+    pub params: Option<Value>,
+    /// W3C trace context (≤128 chars).
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// Profile binding (accepted, unused).
+    #[serde(default, rename = "expectedProfileId")]
+    pub expected_profile_id: Option<String>,
+}
+
+/// Why a frame could not be turned into a [`Request`]; carries the id when one was readable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    /// Request id if the frame had one.
+    pub id: Option<String>,
+    /// The error to answer with.
+    pub error: ErrorShape,
+}
+
+/// Parse one text frame as a request. Never panics.
+pub fn parse_request(payload: &[u8]) -> Result<Request<'_>, FrameError> {
+    match serde_json::from_slice::<Request<'_>>(payload) {
+        Ok(req) => {
+            if req.kind != "req" {
+                return Err(FrameError {
+                    id: Some(req.id.into_owned()),
+                    error: ErrorShape::invalid(format!("invalid frame type: {}", req.kind)),
+                });
+            }
+            if req.id.is_empty() || req.method.is_empty() {
+                return Err(FrameError {
+                    id: (!req.id.is_empty()).then(|| req.id.into_owned()),
+                    error: ErrorShape::invalid("invalid request frame: id and method must be non-empty strings"),
+                });
+            }
+            if req.traceparent.as_ref().is_some_and(|t| t.len() > 128) {
+                return Err(FrameError {
+                    id: Some(req.id.into_owned()),
+                    error: ErrorShape::invalid("invalid request frame: traceparent longer than 128"),
+                });
+            }
+            Ok(req)
+        }
+        Err(e) => {
+            // Second, lenient look only to recover the id for a useful answer.
+            let id = serde_json::from_slice::<Value>(payload)
+                .ok()
+                .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));
+            let message = if e.is_syntax() || e.is_eof() {
+                format!("invalid frame: not valid JSON ({e})")
+            } else {
+                format!("invalid request frame: {e}")
+            };
+            Err(FrameError { id, error: ErrorShape::invalid(message) })
+        }
+    }
+}
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json string escaping into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// `{"type":"res","id":…,"ok":true,"payload":…}`.
+pub fn encode_ok(id: &str, payload: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(br#"{"type":"res","id":"#);
+    push_json_str(&mut out, id);
+    out.extend_from_slice(br#","ok":true,"payload":"#);
+    let _ = serde_json::to_writer(&mut out, payload);
+    out.push(b'}');
+    out
+}
+
+/// `{"type":"res","id":…,"ok":false,"error":…}` (plus `payload` when given, as `agent` does).
+pub fn encode_err(id: &str, error: &ErrorShape, payload: Option<&Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(br#"{"type":"res","id":"#);
+    push_json_str(&mut out, id);
+    out.extend_from_slice(br#","ok":false"#);
+    if let Some(p) = payload {
+        out.extend_from_slice(br#","payload":"#);
+        let _ = serde_json::to_writer(&mut out, p);
+    }
+    out.extend_from_slice(br#","error":"#);
+    let _ = serde_json::to_writer(&mut out, error);
+    out.push(b'}');
+    out
+}
+
+/// An event body without its closing brace and `seq`: `{"type":"event","event":…,"payload":…`
+/// (+ `,"stateVersion":…`). Serialized once per broadcast; each socket appends its own
+/// `,"seq":N}` via [`seq_tail`].
+pub fn encode_event_body(event: &str, payload: &Value, state_version: Option<(u64, u64)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(br#"{"type":"event","event":"#);
+    push_json_str(&mut out, event);
+    out.extend_from_slice(br#","payload":"#);
+    let _ = serde_json::to_writer(&mut out, payload);
+    if let Some((presence, health)) = state_version {
+        out.extend_from_slice(format!(r#","stateVersion":{{"presence":{presence},"health":{health}}}"#).as_bytes());
+    }
+    out
+}
+
+/// The per-socket tail `,"seq":N}` of an event frame (written into `buf`, returns its length).
+pub fn seq_tail(buf: &mut [u8; 32], seq: u64) -> usize {
+    let s = format!(r#","seq":{seq}}}"#);
+    let n = s.len().min(buf.len());
+    buf[..n].copy_from_slice(&s.as_bytes()[..n]);
+    n
+}
+
+/// A complete event frame without `seq` (used for the pre-auth `connect.challenge`).
+pub fn encode_event_unsequenced(event: &str, payload: &Value) -> Vec<u8> {
+    let mut out = encode_event_body(event, payload, None);
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cli_connect_with_borrowed_strings() {
+        let raw = br#"{"type":"req","id":"1:abc","method":"connect","params":{"minProtocol":4}}"#;
+        let req = parse_request(raw).unwrap();
+        assert!(matches!(req.id, Cow::Borrowed("1:abc")));
+        assert_eq!(req.method, "connect");
+        assert_eq!(req.params.unwrap()["minProtocol"], 4);
+    }
+
+    #[test]
+    fn rejects_unknown_top_level_fields_keeping_the_id() {
+        let err = parse_request(br#"{"type":"req","id":"7","method":"health","bogus":1}"#).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("7"));
+        assert_eq!(err.error.code, "INVALID_REQUEST");
+    }
+
+    #[test]
+    fn rejects_invalid_json_and_non_req_frames() {
+        let err = parse_request(b"{nope").unwrap_err();
+        assert!(err.id.is_none());
+        assert!(err.error.message.contains("JSON"));
+        let err = parse_request(br#"{"type":"res","id":"1","method":"x"}"#).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn event_body_plus_tail_is_valid_json() {
+        let body = encode_event_body("tick", &serde_json::json!({"ts":1}), Some((2, 3)));
+        let mut tail = [0u8; 32];
+        let n = seq_tail(&mut tail, 42);
+        let mut frame = body.clone();
+        frame.extend_from_slice(&tail[..n]);
+        let v: Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["stateVersion"]["health"], 3);
+        assert_eq!(v["payload"]["ts"], 1);
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let ok: Value = serde_json::from_slice(&encode_ok("a\"b", &serde_json::json!([1]))).unwrap();
+        assert_eq!(ok["id"], "a\"b");
+        assert_eq!(ok["ok"], true);
+        let err: Value = serde_json::from_slice(&encode_err("x", &ErrorShape::missing_scope("operator.read"), None)).unwrap();
+        assert_eq!(err["error"]["details"]["missingScope"], "operator.read");
+        assert!(err.get("payload").is_none());
+    }
+}

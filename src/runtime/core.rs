@@ -1,0 +1,473 @@
+//! `Core`: everything one worker thread owns, and the messages cores exchange.
+//!
+//! Owns: this core's connections (outboxes + authority), its pre-auth budget per IP, its
+//! replicas of gateway-wide state (paired devices, presence). Core 0 is the owner of
+//! gateway-wide state: it applies changes, persists them, and sends the result to every core.
+//! Must not touch: another core's memory (only [`MeshMsg`]s cross threads).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::mesh::Mesh;
+use super::reply::ReplySlot;
+use crate::auth::scopes;
+use crate::config::{AuthMode, Config};
+use crate::protocol::frames::encode_event_body;
+use crate::store::devices::{DeviceRegistry, PairedDevice, PairingRequest};
+use crate::transport::outbox::{Budget, Outbox, Push};
+
+/// Resolved shared-secret settings.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Effective mode.
+    pub mode: AuthMode,
+    /// The shared secret for token/password modes.
+    pub secret: Option<String>,
+}
+
+/// Options fixed at start.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Worker count.
+    pub workers: usize,
+    /// Mount the test-only `/__echo` WebSocket endpoint.
+    pub ws_echo: bool,
+    /// Time allowed from TCP accept to `hello-ok`.
+    pub handshake_timeout_ms: u64,
+    /// Unauthenticated sockets allowed per client IP (gateway-wide; split across cores).
+    pub preauth_per_ip: usize,
+    /// Unauthenticated sockets allowed in total.
+    pub preauth_global: usize,
+    /// `tick` interval.
+    pub tick_interval_ms: u64,
+    /// Pong window after a server ping.
+    pub pong_timeout_ms: u64,
+    /// Per-connection write budget.
+    pub budget: Budget,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            ws_echo: false,
+            handshake_timeout_ms: 15_000,
+            preauth_per_ip: 32,
+            preauth_global: 4096,
+            tick_interval_ms: 30_000,
+            pong_timeout_ms: 25_000,
+            budget: Budget::default(),
+        }
+    }
+}
+
+/// Read-mostly state shared by all cores (immutable after start, or atomics).
+pub struct Shared {
+    /// Loaded configuration.
+    pub config: Arc<Config>,
+    /// Shared-secret settings.
+    pub auth: AuthSettings,
+    /// Start options.
+    pub opts: RunOptions,
+    /// The core mesh.
+    pub mesh: Arc<Mesh<MeshMsg>>,
+    /// Workers currently accepting (readiness = all of them).
+    pub accepting: AtomicUsize,
+    /// Unauthenticated sockets gateway-wide.
+    pub preauth_total: AtomicUsize,
+    /// Set once shutdown starts.
+    pub shutting_down: AtomicBool,
+    /// Monotonic start.
+    pub started: Instant,
+    /// Wall-clock start (ms).
+    pub started_at_ms: i64,
+    /// This gateway's instance id (presence).
+    pub instance_id: String,
+    /// Host name (presence).
+    pub host: String,
+}
+
+impl Shared {
+    /// Milliseconds since start.
+    pub fn uptime_ms(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+    /// Ready when every worker accepts and shutdown has not begun.
+    pub fn ready(&self) -> bool {
+        self.accepting.load(Ordering::Acquire) >= self.opts.workers && !self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// Wall clock in ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A serialized event on its way to every matching socket.
+pub struct Broadcast {
+    /// Event body without `seq` (see `protocol::frames::encode_event_body`).
+    pub body: Vec<u8>,
+    /// Scope a recipient needs (`None` = any authenticated operator).
+    pub scope: Option<&'static str>,
+    /// May be skipped for a slow client.
+    pub droppable: bool,
+}
+
+/// The presence list as last published by core 0.
+#[derive(Debug, Clone, Default)]
+pub struct PresenceSnap {
+    /// Entries (the gateway's own first).
+    pub entries: Vec<Value>,
+    /// `stateVersion.presence`.
+    pub version: u64,
+}
+
+/// Outcome of a pairing/token request handled by core 0.
+#[derive(Debug, Clone)]
+pub enum PairOutcome {
+    /// Paired (or upgraded) silently; the device token and its issue time.
+    Approved {
+        /// The new secret.
+        token: String,
+        /// Issue time.
+        issued_at_ms: i64,
+    },
+    /// Persisting failed.
+    Failed(String),
+}
+
+/// An owned pairing request (crosses cores).
+#[derive(Debug, Clone)]
+pub struct PairJob {
+    /// Device id.
+    pub device_id: String,
+    /// Public key.
+    pub public_key: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client mode.
+    pub client_mode: String,
+    /// Platform.
+    pub platform: Option<String>,
+    /// Device family.
+    pub device_family: Option<String>,
+    /// Role.
+    pub role: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+}
+
+/// Messages between cores.
+pub enum MeshMsg {
+    /// Fan this event out to local sockets.
+    Broadcast(Arc<Broadcast>),
+    /// A device record changed (replica update).
+    DeviceUpsert(Arc<PairedDevice>),
+    /// To core 0: pair/upgrade a device and issue its token.
+    Pair(Box<PairJob>, Arc<ReplySlot<PairOutcome>>),
+    /// To core 0: a client joined presence.
+    PresenceJoin((usize, u64), Value),
+    /// To core 0: a client left presence.
+    PresenceLeave((usize, u64)),
+    /// New presence snapshot (replica update).
+    PresenceSnapshot(Arc<PresenceSnap>),
+    /// Stop accepting and close every connection with 1001.
+    Shutdown,
+}
+
+/// What an authenticated connection may do.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    /// `operator` or `node`.
+    pub role: String,
+    /// Effective scopes.
+    pub scopes: Vec<String>,
+}
+
+/// One live connection as the core sees it.
+pub struct ConnEntry {
+    /// Its write queue.
+    pub outbox: Rc<Outbox>,
+    /// Set at hello-ok.
+    pub authority: Option<Rc<Authority>>,
+    /// Last time a pong (or any frame) was received, ms since start.
+    pub last_seen_ms: Rc<Cell<i64>>,
+    /// When the outstanding ping was sent (0 = none).
+    pub ping_sent_ms: Rc<Cell<i64>>,
+}
+
+/// One worker's state.
+pub struct Core {
+    /// Core index.
+    pub id: usize,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    conns: RefCell<HashMap<u64, ConnEntry>>,
+    next_conn: Cell<u64>,
+    preauth_by_ip: RefCell<HashMap<IpAddr, usize>>,
+    /// Replica of the paired-device registry (authoritative on core 0).
+    pub devices: RefCell<DeviceRegistry>,
+    /// Replica of the presence list.
+    pub presence: RefCell<Arc<PresenceSnap>>,
+    presence_master: RefCell<BTreeMap<(usize, u64), Value>>,
+    /// `stateVersion.health`.
+    pub health_version: Cell<u64>,
+    /// Broadcasts this core could not relay (a peer queue was full).
+    pub relay_drops: Cell<u64>,
+}
+
+impl Core {
+    /// Build a core's state.
+    pub fn new(id: usize, shared: Arc<Shared>, devices: DeviceRegistry) -> Self {
+        let core = Self {
+            id,
+            shared,
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+            preauth_by_ip: RefCell::new(HashMap::new()),
+            devices: RefCell::new(devices),
+            presence: RefCell::new(Arc::new(PresenceSnap::default())),
+            presence_master: RefCell::new(BTreeMap::new()),
+            health_version: Cell::new(1),
+            relay_drops: Cell::new(0),
+        };
+        let snap = core.build_presence(1);
+        *core.presence.borrow_mut() = Arc::new(snap);
+        core
+    }
+
+    /// Register a connection; returns its id (unique on this core).
+    pub fn add_conn(&self, outbox: Rc<Outbox>) -> (u64, Rc<Cell<i64>>, Rc<Cell<i64>>) {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let last_seen = Rc::new(Cell::new(self.shared.uptime_ms()));
+        let ping_sent = Rc::new(Cell::new(0));
+        self.conns.borrow_mut().insert(
+            id,
+            ConnEntry { outbox, authority: None, last_seen_ms: last_seen.clone(), ping_sent_ms: ping_sent.clone() },
+        );
+        (id, last_seen, ping_sent)
+    }
+
+    /// Mark a connection authenticated (it starts receiving broadcasts).
+    pub fn set_authority(&self, id: u64, a: Rc<Authority>) {
+        if let Some(c) = self.conns.borrow_mut().get_mut(&id) {
+            c.authority = Some(a);
+        }
+    }
+
+    /// Forget a connection.
+    pub fn remove_conn(&self, id: u64) {
+        self.conns.borrow_mut().remove(&id);
+    }
+
+    /// Live connections on this core.
+    pub fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Try to take a pre-auth slot for `ip` (per-core share of the per-IP budget + global cap).
+    pub fn preauth_acquire(&self, ip: IpAddr) -> bool {
+        let per_core = self.shared.opts.preauth_per_ip.div_ceil(self.shared.opts.workers.max(1)).max(1);
+        let mut map = self.preauth_by_ip.borrow_mut();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= per_core {
+            return false;
+        }
+        let prev = self.shared.preauth_total.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.shared.opts.preauth_global {
+            self.shared.preauth_total.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Return a pre-auth slot.
+    pub fn preauth_release(&self, ip: IpAddr) {
+        let mut map = self.preauth_by_ip.borrow_mut();
+        if let Some(n) = map.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            self.shared.preauth_total.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Publish an event gateway-wide: serialize once, fan out locally, relay once per core.
+    pub fn publish(&self, event: &str, payload: &Value, state_version: Option<(u64, u64)>, scope: Option<&'static str>, droppable: bool) {
+        let b = Arc::new(Broadcast { body: encode_event_body(event, payload, state_version), scope, droppable });
+        self.fanout_local(&b);
+        for to in 0..self.shared.mesh.cores() {
+            if to != self.id && self.shared.mesh.send(self.id, to, MeshMsg::Broadcast(b.clone())).is_err() {
+                self.relay_drops.set(self.relay_drops.get() + 1);
+            }
+        }
+    }
+
+    /// Deliver a broadcast to this core's authenticated operator sockets.
+    pub fn fanout_local(&self, b: &Broadcast) {
+        let mut slow = Vec::new();
+        for (id, c) in self.conns.borrow().iter() {
+            let Some(a) = &c.authority else { continue };
+            if a.role != "operator" {
+                continue;
+            }
+            if let Some(s) = b.scope {
+                if !scopes::satisfied(&a.scopes, s) {
+                    continue;
+                }
+            }
+            if c.outbox.push_event(&b.body, b.droppable) == Push::Closed && c.outbox.is_dead() {
+                slow.push(*id);
+            }
+        }
+        for id in slow {
+            self.remove_conn(id);
+        }
+    }
+
+    /// Send an event to every authenticated socket on this core (each gets its own seq).
+    pub fn for_each_authed(&self, mut f: impl FnMut(&ConnEntry)) {
+        for c in self.conns.borrow().values() {
+            if c.authority.is_some() {
+                f(c);
+            }
+        }
+    }
+
+    /// Every connection (for shutdown).
+    pub fn all_outboxes(&self) -> Vec<Rc<Outbox>> {
+        self.conns.borrow().values().map(|c| c.outbox.clone()).collect()
+    }
+
+    /// Handle one message from another core.
+    pub fn on_mesh(&self, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Broadcast(b) => self.fanout_local(&b),
+            MeshMsg::DeviceUpsert(d) => self.devices.borrow_mut().put((*d).clone()),
+            MeshMsg::Pair(job, reply) => reply.send(self.pair_as_owner(&job)),
+            MeshMsg::PresenceJoin(k, v) => {
+                self.presence_master.borrow_mut().insert(k, v);
+                self.publish_presence();
+            }
+            MeshMsg::PresenceLeave(k) => {
+                if self.presence_master.borrow_mut().remove(&k).is_some() {
+                    self.publish_presence();
+                }
+            }
+            MeshMsg::PresenceSnapshot(s) => *self.presence.borrow_mut() = s,
+            MeshMsg::Shutdown => {}
+        }
+    }
+
+    /// Core 0: apply a pairing, persist it, replicate it, issue the token.
+    pub fn pair_as_owner(&self, job: &PairJob) -> PairOutcome {
+        let now = now_ms();
+        let mut reg = self.devices.borrow_mut();
+        let req = PairingRequest {
+            device_id: &job.device_id,
+            public_key: &job.public_key,
+            client_id: &job.client_id,
+            client_mode: &job.client_mode,
+            platform: job.platform.as_deref(),
+            device_family: job.device_family.as_deref(),
+            role: &job.role,
+            scopes: &job.scopes,
+        };
+        let rec = reg.approve_silently(&req, now);
+        if rec.public_key != job.public_key {
+            return PairOutcome::Failed("device id is bound to a different public key".into());
+        }
+        let granted = rec.scopes.clone();
+        let Some(token) = reg.issue_token(&job.device_id, &job.role, &granted, now) else {
+            return PairOutcome::Failed("device vanished during pairing".into());
+        };
+        // Durable before acknowledged: the client only sees the token once it is on disk.
+        if let Err(e) = reg.save(&self.shared.config.paths.state_dir) {
+            tracing::error!(message = "Persisting paired devices failed.", error = %e);
+            return PairOutcome::Failed(format!("cannot persist pairing: {e}"));
+        }
+        if let Some(rec) = reg.get(&job.device_id) {
+            let rec = Arc::new(rec.clone());
+            for to in 0..self.shared.mesh.cores() {
+                if to != self.id {
+                    let _ = self.shared.mesh.send(self.id, to, MeshMsg::DeviceUpsert(rec.clone()));
+                }
+            }
+        }
+        PairOutcome::Approved { token, issued_at_ms: now }
+    }
+
+    /// Ask core 0 to pair (direct call when we are core 0).
+    pub async fn pair(&self, job: PairJob) -> PairOutcome {
+        if self.id == 0 {
+            return self.pair_as_owner(&job);
+        }
+        let slot = ReplySlot::new();
+        if self.shared.mesh.send(self.id, 0, MeshMsg::Pair(Box::new(job), slot.clone())).is_err() {
+            return PairOutcome::Failed("gateway busy".into());
+        }
+        slot.wait().await
+    }
+
+    /// A client joined presence (sent to core 0).
+    pub fn presence_join(&self, conn: u64, entry: Value) {
+        let key = (self.id, conn);
+        if self.id == 0 {
+            self.on_mesh(MeshMsg::PresenceJoin(key, entry));
+        } else {
+            let _ = self.shared.mesh.send(self.id, 0, MeshMsg::PresenceJoin(key, entry));
+        }
+    }
+
+    /// A `system-event` presence row (keyed by instance/device/host), upserted on core 0.
+    pub fn presence_event(&self, key: u64, entry: Value) {
+        let key = (usize::MAX, key);
+        if self.id == 0 {
+            self.on_mesh(MeshMsg::PresenceJoin(key, entry));
+        } else {
+            let _ = self.shared.mesh.send(self.id, 0, MeshMsg::PresenceJoin(key, entry));
+        }
+    }
+
+    /// A client left presence.
+    pub fn presence_leave(&self, conn: u64) {
+        let key = (self.id, conn);
+        if self.id == 0 {
+            self.on_mesh(MeshMsg::PresenceLeave(key));
+        } else {
+            let _ = self.shared.mesh.send(self.id, 0, MeshMsg::PresenceLeave(key));
+        }
+    }
+
+    fn build_presence(&self, version: u64) -> PresenceSnap {
+        let mut entries = vec![crate::methods::gateway_presence(self)];
+        entries.extend(self.presence_master.borrow().values().cloned());
+        PresenceSnap { entries, version }
+    }
+
+    fn publish_presence(&self) {
+        let version = self.presence.borrow().version + 1;
+        let snap = Arc::new(self.build_presence(version));
+        *self.presence.borrow_mut() = snap.clone();
+        for to in 0..self.shared.mesh.cores() {
+            if to != self.id {
+                let _ = self.shared.mesh.send(self.id, to, MeshMsg::PresenceSnapshot(snap.clone()));
+            }
+        }
+        let payload = serde_json::json!({ "presence": snap.entries });
+        self.publish("presence", &payload, Some((version, self.health_version.get())), None, true);
+    }
+}

@@ -1,0 +1,311 @@
+//! One accepted TCP connection, from the first byte to close: HTTP/1.1 requests (keep-alive),
+//! then possibly a WebSocket session driven by the zero-copy codec.
+//!
+//! Owns: the socket, the read buffer, the decoder, the writer task. Hands complete text
+//! messages to [`crate::methods::Session`] and never interprets them itself. Must not touch:
+//! auth decisions or other connections.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut as _;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use serde_json::json;
+
+use super::http::{self, Parsed};
+use super::outbox::Outbox;
+use super::ws::codec::{Decoder, Message, OpCode, Role};
+use crate::methods::{Session, Verdict};
+use crate::runtime::core::Core;
+
+/// Read buffer size of an idle connection; the pending read of an idle socket pins it.
+pub const IDLE_READ_BUF: usize = 512;
+/// Largest single read.
+const MAX_READ_CHUNK: usize = 256 * 1024;
+/// Frame limit before `hello-ok`.
+pub const MAX_PREAUTH_PAYLOAD: usize = 64 * 1024;
+/// Frame limit after `hello-ok` (`policy.maxPayload`).
+pub const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
+/// Idle time allowed between keep-alive HTTP requests.
+const HTTP_IDLE: Duration = Duration::from_secs(60);
+/// How long to wait for the peer's close frame after sending ours.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Serve one accepted connection.
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
+    let mut buf: Vec<u8> = Vec::with_capacity(IDLE_READ_BUF);
+    let first_deadline = Instant::now() + Duration::from_millis(core.shared.opts.handshake_timeout_ms);
+    let mut first = true;
+    loop {
+        // Read one request head.
+        let (head, head_len) = loop {
+            match http::parse_head(&buf) {
+                Parsed::Complete(h, n) => break (h, n),
+                Parsed::Partial => {}
+                Parsed::Malformed => {
+                    let _ = stream.write_all(http::json_response(400, &json!({"error":"bad request"}), false)).await;
+                    return;
+                }
+                Parsed::TooLarge => {
+                    let _ = stream.write_all(http::json_response(431, &json!({"error":"request header fields too large"}), false)).await;
+                    return;
+                }
+            }
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(buf.capacity().max(1024));
+            }
+            let wait = if first { first_deadline.saturating_duration_since(Instant::now()) } else { HTTP_IDLE };
+            let len = buf.len();
+            let cap = buf.capacity();
+            let read = monoio::time::timeout(wait, stream.read(buf.slice_mut(len..cap))).await;
+            let Ok((res, slice)) = read else { return };
+            buf = slice.into_inner();
+            match res {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        first = false;
+        if head.forwarded && core.shared.config.gateway.trusted_proxies.is_empty() {
+            // The real gateway refuses forwarded requests from untrusted proxies.
+            let _ = stream
+                .write_all(http::json_response(403, &json!({"error":"forwarded headers from an untrusted proxy"}), false))
+                .await;
+            return;
+        }
+        if let Some(reason) = head.bad_upgrade {
+            let _ = stream.write_all(http::json_response(400, &json!({"error": reason}), false)).await;
+            return;
+        }
+        if let Some(key) = head.ws_key.clone() {
+            buf.drain(..head_len);
+            let echo = core.shared.opts.ws_echo && head.path == "/__echo";
+            if !echo && !core.preauth_acquire(peer.ip()) {
+                let _ = stream
+                    .write_all(http::json_response(503, &json!({"error":"too many unauthenticated connections"}), false))
+                    .await;
+                return;
+            }
+            let (res, _) = stream.write_all(http::switching_protocols(&key)).await;
+            if res.is_err() {
+                if !echo {
+                    core.preauth_release(peer.ip());
+                }
+                return;
+            }
+            let local = peer.ip().is_loopback() && head.origin.is_none();
+            ws_session(core, stream, peer, buf, echo, local, first_deadline).await;
+            return;
+        }
+        // Plain HTTP request.
+        if head.chunked || head.content_length > 64 * 1024 {
+            let _ = stream.write_all(http::json_response(413, &json!({"error":"request body not accepted"}), false)).await;
+            return;
+        }
+        let keep_alive = !head.close;
+        let resp = route(&core, &head.method, &head.path, keep_alive);
+        // Discard the body (no route takes one), reading more if it is not all here yet.
+        let total = head_len + head.content_length;
+        while buf.len() < total {
+            buf.reserve(total - buf.len());
+            let len = buf.len();
+            let cap = buf.capacity();
+            let Ok((res, slice)) = monoio::time::timeout(HTTP_IDLE, stream.read(buf.slice_mut(len..cap))).await else {
+                return;
+            };
+            buf = slice.into_inner();
+            if !matches!(res, Ok(n) if n > 0) {
+                return;
+            }
+        }
+        buf.drain(..total);
+        let (res, _) = stream.write_all(resp).await;
+        if res.is_err() || !keep_alive {
+            return;
+        }
+        if buf.is_empty() && buf.capacity() > 4 * IDLE_READ_BUF {
+            buf = Vec::with_capacity(IDLE_READ_BUF);
+        }
+    }
+}
+
+fn route(core: &Core, method: &str, path: &str, keep_alive: bool) -> Vec<u8> {
+    match path {
+        "/health" | "/healthz" => {
+            if method != "GET" && method != "HEAD" {
+                return http::json_response(405, &json!({"error":"method not allowed"}), keep_alive);
+            }
+            http::json_response(200, &json!({"ok": true, "status": "live"}), keep_alive)
+        }
+        "/ready" | "/readyz" => {
+            if method != "GET" && method != "HEAD" {
+                return http::json_response(405, &json!({"error":"method not allowed"}), keep_alive);
+            }
+            let ready = core.shared.ready();
+            let accepting = core.shared.accepting.load(std::sync::atomic::Ordering::Acquire);
+            let failing: Vec<String> = if ready { vec![] } else { vec![format!("workers accepting {}/{}", accepting, core.shared.opts.workers)] };
+            let body = json!({"ready": ready, "failing": failing, "uptimeMs": core.shared.uptime_ms()});
+            http::json_response(if ready { 200 } else { 503 }, &body, keep_alive)
+        }
+        _ => http::json_response(404, &json!({"error":"not found"}), keep_alive),
+    }
+}
+
+async fn writer_task(mut wr: OwnedWriteHalf<TcpStream>, ob: Rc<Outbox>) {
+    let mut spare = Vec::new();
+    while let Some((batch, last)) = ob.next_batch(spare).await {
+        // A peer that stops reading must not pin this task and socket forever.
+        let (res, mut b) = monoio::select! {
+            r = wr.write_all(batch) => r,
+            _ = ob.killed() => return,
+        };
+        if res.is_err() {
+            ob.kill();
+            return;
+        }
+        ob.write_done();
+        if last {
+            let _ = wr.shutdown().await;
+            return;
+        }
+        b.clear();
+        if b.capacity() > 64 * 1024 {
+            b = Vec::new();
+        }
+        spare = b;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ws_session(
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut buf: Vec<u8>,
+    echo: bool,
+    local: bool,
+    deadline: Instant,
+) {
+    let outbox = Rc::new(Outbox::new(core.shared.opts.budget));
+    let (mut rd, wr) = stream.into_split();
+    let writer = monoio::spawn(writer_task(wr, outbox.clone()));
+    let (conn_id, last_seen, _ping) = core.add_conn(outbox.clone());
+    let mut dec = Decoder::new(Role::Server, if echo { MAX_PAYLOAD } else { MAX_PREAUTH_PAYLOAD });
+    let mut session = Session::new(core.clone(), conn_id, peer, local, outbox.clone());
+    let mut preauth = !echo;
+    if !echo {
+        session.send_challenge();
+    }
+    let mut close_sent_at: Option<Instant> = None;
+    let mut peer_closed = false;
+    'conn: loop {
+        loop {
+            let msg = match dec.next(&mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    outbox.close(e.close_code(), &e.to_string());
+                    break 'conn;
+                }
+            };
+            match msg {
+                Message::Text(t) if echo => {
+                    outbox.push_frame(OpCode::Text, t);
+                }
+                Message::Binary(b) if echo => {
+                    outbox.push_frame(OpCode::Binary, b);
+                }
+                Message::Text(t) => match session.on_text(t).await {
+                    Verdict::Continue => {}
+                    Verdict::Authenticated => {
+                        preauth = false;
+                        core.preauth_release(peer.ip());
+                        dec.set_max_message(MAX_PAYLOAD);
+                    }
+                    Verdict::Close(code, reason) => {
+                        outbox.close(code, &reason);
+                        close_sent_at = Some(Instant::now());
+                    }
+                },
+                Message::Binary(_) => {
+                    outbox.close(1003, "binary frames are not supported");
+                    close_sent_at = Some(Instant::now());
+                }
+                Message::Ping(p) => {
+                    outbox.push_frame(OpCode::Pong, p);
+                }
+                Message::Pong(_) => {}
+                Message::Close(code, _) => {
+                    // Echo the peer's code (1000 when it sent none), then close the TCP side.
+                    let reply = match code {
+                        Some(c) if c != 1005 => c,
+                        _ => 1000,
+                    };
+                    outbox.close(reply, "");
+                    peer_closed = true;
+                    break 'conn;
+                }
+            }
+            if outbox.is_dead() {
+                break 'conn;
+            }
+        }
+        dec.reclaim(&mut buf);
+        if outbox.is_dead() {
+            break;
+        }
+        // Size the next read: small when idle, up to what the current frame still needs.
+        let want = dec.wanted().clamp(IDLE_READ_BUF, MAX_READ_CHUNK);
+        if buf.is_empty() && buf.capacity() > 8 * IDLE_READ_BUF && dec.wanted() == 0 {
+            buf = Vec::with_capacity(IDLE_READ_BUF);
+        }
+        if buf.capacity() - buf.len() < want.min(IDLE_READ_BUF) || (dec.wanted() > 0 && buf.capacity() - buf.len() < want) {
+            buf.reserve(want);
+        }
+        let timeout = if let Some(at) = close_sent_at {
+            Some(CLOSE_GRACE.saturating_sub(at.elapsed()))
+        } else if preauth {
+            Some(deadline.saturating_duration_since(Instant::now()))
+        } else {
+            None
+        };
+        let Some(handle) = outbox.cancel_handle() else { break };
+        let len = buf.len();
+        let cap = buf.capacity();
+        let read = rd.cancelable_read(buf.slice_mut(len..cap), handle);
+        let (res, slice) = match timeout {
+            Some(t) => match monoio::time::timeout(t, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    if close_sent_at.is_none() && preauth {
+                        outbox.close(1008, "handshake timeout");
+                    }
+                    break;
+                }
+            },
+            None => read.await,
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => {
+                peer_closed = true;
+                break;
+            }
+            Ok(_) => last_seen.set(core.shared.uptime_ms()),
+        }
+    }
+    if preauth {
+        core.preauth_release(peer.ip());
+    }
+    session.on_closed();
+    core.remove_conn(conn_id);
+    if !outbox.is_closed() || (peer_closed && !outbox.is_closed()) {
+        outbox.kill();
+    }
+    // Let the writer flush the close frame (bounded: a stuck peer gets cut off).
+    if monoio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+        outbox.kill();
+    }
+}
