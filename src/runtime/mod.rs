@@ -156,6 +156,10 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
     shared.accepting.fetch_sub(1, Ordering::AcqRel);
     stop.set(true);
     drop(accept);
+    let bye = crate::protocol::frames::encode_event_body("shutdown", &serde_json::json!({"reason": "gateway shutting down"}), None);
+    core.for_each_authed(|c| {
+        let _ = c.outbox.push_event(&bye, false);
+    });
     for ob in core.all_outboxes() {
         ob.close(1001, "gateway shutting down");
     }
