@@ -1,1 +1,3 @@
 //! methods (in progress).
+
+pub mod system;

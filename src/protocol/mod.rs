@@ -1,1 +1,3 @@
 //! protocol (in progress).
+
+pub mod hello;
