@@ -174,7 +174,8 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     s.authenticated(authority.clone(), client);
 
     let methods = super::method_names();
-    let presence = Value::Array(s.core.presence.borrow().entries.clone());
+    // Zero-scope sockets (probes) get an empty presence list, as the real gateway does.
+    let presence = if authority.scopes.is_empty() { Value::Array(vec![]) } else { Value::Array(s.core.presence.borrow().entries.clone()) };
     let presence_version = s.core.presence.borrow().version;
     let (health, config_path, state_dir, default_agent) = s.with_view(|v| {
         (
@@ -210,6 +211,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
         default_agent_id: &default_agent,
         main_session_key: &main_key,
         auth_mode,
+        model_configured: true,
     });
     s.send(&encode_ok(id, &hello));
     Verdict::Authenticated

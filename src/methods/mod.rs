@@ -133,7 +133,7 @@ impl Session {
     /// Send `connect.challenge` (must be the first frame on the socket).
     pub fn send_challenge(&mut self) {
         let nonce = token::uuid_v4();
-        let payload = json!({"nonce": nonce, "ts": now_ms(), "capabilities": []});
+        let payload = crate::protocol::hello::challenge(&nonce, now_ms());
         self.outbox.push_frame(OpCode::Text, &encode_event_unsequenced("connect.challenge", &payload));
         self.nonce = Some(nonce);
     }
@@ -234,7 +234,8 @@ impl Session {
 
     /// A view of gateway state for the payload builders.
     pub fn with_view<R>(&self, f: impl FnOnce(&system::SystemView<'_>) -> R) -> R {
-        with_view(&self.core, f)
+        let admin = self.authority.as_ref().is_some_and(|a| scopes::satisfied(&a.scopes, scopes::ADMIN));
+        with_view(&self.core, admin, f)
     }
 }
 
@@ -252,11 +253,13 @@ fn presence_of(c: &ClientMeta, a: &Authority, peer: SocketAddr) -> system::Clien
         roles: vec![a.role.clone()],
         scopes: a.scopes.clone(),
         connected_at_ms: now_ms(),
+        model_identifier: None,
+        time_zone: None,
     }
 }
 
 /// Build a [`system::SystemView`] of this core's state.
-pub fn with_view<R>(core: &Core, f: impl FnOnce(&system::SystemView<'_>) -> R) -> R {
+pub fn with_view<R>(core: &Core, include_sensitive: bool, f: impl FnOnce(&system::SystemView<'_>) -> R) -> R {
     let cfg = &core.shared.config;
     let sessions_path = cfg
         .paths
@@ -277,13 +280,18 @@ pub fn with_view<R>(core: &Core, f: impl FnOnce(&system::SystemView<'_>) -> R) -
         sessions: &[],
         sessions_path: &sessions_path,
         heartbeat_seconds: 0,
+        platform: std::env::consts::OS,
+        pid: std::process::id(),
+        include_sensitive,
+        event_loop: None,
+        hot_reload: None,
     };
     f(&view)
 }
 
 /// The gateway's own presence row.
 pub fn gateway_presence(core: &Core) -> Value {
-    with_view(core, system::gateway_presence_entry)
+    with_view(core, false, system::gateway_presence_entry)
 }
 
 mod system_methods {
@@ -293,8 +301,8 @@ mod system_methods {
     pub(super) fn health(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(s.with_view(system::health_snapshot))
     }
-    pub(super) fn status(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
-        Ok(s.with_view(system::status))
+    pub(super) fn status(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
+        Ok(s.with_view(|v| system::status_with_params(v, p)))
     }
     pub(super) fn presence(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(Value::Array(s.core.presence.borrow().entries.clone()))
