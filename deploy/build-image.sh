@@ -38,7 +38,7 @@ fi
 CTX="$(mktemp -d)"
 trap 'rm -rf "$CTX"' EXIT
 R="$CTX/rootfs"
-mkdir -p "$R/usr/local/bin" "$R/etc/ssl/certs" "$R/tmp" "$CTX/state"
+mkdir -p "$R/usr/local/bin" "$R/etc/ssl/certs" "$R/tmp" "$R/var/lib" "$CTX/state"
 chmod 1777 "$R/tmp"
 chmod 0700 "$CTX/state"
 install -m 0755 "$BIN" "$R/usr/local/bin/clawgate"
