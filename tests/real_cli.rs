@@ -34,7 +34,8 @@ fn run(cli: &Path, home: &Path, args: &[&str]) -> Out {
 fn json_of(o: &Out) -> Value {
     let s = o.stdout.trim();
     let start = s.find(['{', '[']).unwrap_or(0);
-    serde_json::from_str(&s[start..]).unwrap_or_else(|e| panic!("not JSON ({e}): stdout={} stderr={}", o.stdout, o.stderr))
+    serde_json::from_str(&s[start..])
+        .unwrap_or_else(|e| panic!("not JSON ({e}): stdout={} stderr={}", o.stdout, o.stderr))
 }
 
 #[test]
@@ -43,13 +44,33 @@ fn real_cli_gateway_calls_succeed() {
     let g = Gateway::start("uring");
     let url = g.url();
     let home = temp_dir("cli-home");
-    for method in ["health", "status", "system-presence", "sessions.list", "config.get", "models.list", "agents.list"] {
-        let o = run(&cli, &home, &["gateway", "call", method, "--url", &url, "--token", &g.token, "--json"]);
-        assert_eq!(o.code, 0, "{method}: stdout={} stderr={}", o.stdout, o.stderr);
+    for method in [
+        "health",
+        "status",
+        "system-presence",
+        "sessions.list",
+        "config.get",
+        "models.list",
+        "agents.list",
+    ] {
+        let o = run(
+            &cli,
+            &home,
+            &[
+                "gateway", "call", method, "--url", &url, "--token", &g.token, "--json",
+            ],
+        );
+        assert_eq!(
+            o.code, 0,
+            "{method}: stdout={} stderr={}",
+            o.stdout, o.stderr
+        );
         let v = json_of(&o);
         match method {
             "health" => assert_eq!(v["ok"], true),
-            "system-presence" => assert!(v.as_array().is_some_and(|a| a.iter().any(|e| e["mode"] == "gateway"))),
+            "system-presence" => assert!(v
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["mode"] == "gateway"))),
             "sessions.list" => assert!(v["sessions"].is_array()),
             "models.list" => assert!(v["models"].is_array()),
             "agents.list" => assert!(v["agents"].is_array()),
@@ -65,13 +86,39 @@ fn real_cli_health_and_probe_succeed() {
     let g = Gateway::start("uring");
     let url = g.url();
     let home = temp_dir("cli-home");
-    let o = run(&cli, &home, &["gateway", "health", "--url", &url, "--token", &g.token]);
+    let o = run(
+        &cli,
+        &home,
+        &["gateway", "health", "--url", &url, "--token", &g.token],
+    );
     assert_eq!(o.code, 0, "health: stdout={} stderr={}", o.stdout, o.stderr);
-    let o = run(&cli, &home, &["gateway", "probe", "--url", &url, "--token", &g.token]);
+    let o = run(
+        &cli,
+        &home,
+        &["gateway", "probe", "--url", &url, "--token", &g.token],
+    );
     assert_eq!(o.code, 0, "probe: stdout={} stderr={}", o.stdout, o.stderr);
-    let o = run(&cli, &home, &["gateway", "call", "health", "--url", &url, "--token", "wrong-token", "--json"]);
+    let o = run(
+        &cli,
+        &home,
+        &[
+            "gateway",
+            "call",
+            "health",
+            "--url",
+            &url,
+            "--token",
+            "wrong-token",
+            "--json",
+        ],
+    );
     assert_ne!(o.code, 0, "a wrong token must fail: {}", o.stdout);
-    assert!(format!("{}{}", o.stdout, o.stderr).contains("token mismatch"), "{} {}", o.stdout, o.stderr);
+    assert!(
+        format!("{}{}", o.stdout, o.stderr).contains("token mismatch"),
+        "{} {}",
+        o.stdout,
+        o.stderr
+    );
 }
 
 #[test]
@@ -82,17 +129,48 @@ fn real_cli_signed_device_connect_pairs_and_reconnects_with_its_device_token() {
     let home = temp_dir("cli-home");
     // --password makes the CLI sign a device identity (the gateway is in token mode; the
     // shared secret arrives in the password field, which token mode accepts).
-    let o = run(&cli, &home, &["gateway", "call", "status", "--url", &url, "--password", &g.token, "--json"]);
+    let o = run(
+        &cli,
+        &home,
+        &[
+            "gateway",
+            "call",
+            "status",
+            "--url",
+            &url,
+            "--password",
+            &g.token,
+            "--json",
+        ],
+    );
     assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
-    let paired = std::fs::read_to_string(g.state_dir.join("devices/paired.json")).expect("pairing persisted");
+    let paired = std::fs::read_to_string(g.state_dir.join("devices/paired.json"))
+        .expect("pairing persisted");
     let reg: Value = serde_json::from_str(&paired).unwrap();
     assert_eq!(reg["devices"].as_array().map(Vec::len), Some(1), "{paired}");
     // The CLI stored the issued device token; a second call (scope upgrade to pairing) reuses
     // the same identity.
-    let o = run(&cli, &home, &["gateway", "call", "device.pair.list", "--url", &url, "--password", &g.token, "--json"]);
+    let o = run(
+        &cli,
+        &home,
+        &[
+            "gateway",
+            "call",
+            "device.pair.list",
+            "--url",
+            &url,
+            "--password",
+            &g.token,
+            "--json",
+        ],
+    );
     assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
     let v = json_of(&o);
     assert_eq!(v["paired"].as_array().map(Vec::len), Some(1), "{v}");
     let scopes = v["paired"][0]["scopes"].as_array().unwrap().clone();
-    assert!(scopes.iter().any(|s| s == "operator.pairing") && scopes.iter().any(|s| s == "operator.read"), "{scopes:?}");
+    assert!(
+        scopes.iter().any(|s| s == "operator.pairing")
+            && scopes.iter().any(|s| s == "operator.read"),
+        "{scopes:?}"
+    );
 }
