@@ -434,12 +434,8 @@ fn connect_for(c: &ClientArgs, scopes: Vec<String>) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-fn print_result(v: &Value, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    } else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    }
+fn print_result(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
@@ -463,7 +459,7 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let mut c = connect_for(&a.client, scopes)?;
     match c.call(&a.method, params) {
         Ok(v) => {
-            print_result(&v, a.client.json);
+            print_result(&v);
             c.close();
             Ok(ExitCode::SUCCESS)
         }
@@ -483,7 +479,7 @@ fn health(a: ClientArgs) -> anyhow::Result<ExitCode> {
     let mut c = connect_for(&a, vec!["operator.read".into()])?;
     let v = c.call("health", serde_json::json!({}))?;
     if a.json {
-        print_result(&v, true);
+        print_result(&v);
     } else {
         println!("Gateway: ok={} (uptime {} ms)", v["ok"], v["durationMs"]);
     }
