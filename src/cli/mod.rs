@@ -123,6 +123,12 @@ struct RunArgs {
     /// Handshake timeout in ms (default 15000).
     #[arg(long, hide = true)]
     handshake_timeout_ms: Option<u64>,
+    /// Per-connection write budget in bytes (default 52428800 = policy.maxBufferedBytes).
+    #[arg(long, hide = true)]
+    max_buffered_bytes: Option<usize>,
+    /// Queued bytes above which droppable events are skipped (default 1 MiB).
+    #[arg(long, hide = true)]
+    drop_threshold_bytes: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -358,6 +364,12 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(t) = a.handshake_timeout_ms {
         opts.handshake_timeout_ms = t;
+    }
+    if let Some(b) = a.max_buffered_bytes {
+        opts.budget.max_buffered = b.max(64 * 1024);
+    }
+    if let Some(b) = a.drop_threshold_bytes {
+        opts.budget.drop_threshold = b.min(opts.budget.max_buffered);
     }
     let (listeners, addr) = runtime::bind_listeners(SocketAddr::new(ip, port), workers)?;
     let shared = Arc::new(Shared {
