@@ -1,7 +1,7 @@
 //! Paired devices and their tokens, persisted at `<state_dir>/devices/paired.json`.
 //!
 //! File format: `{"version":1,"devices":[PairedDevice…]}` (camelCase fields), written with
-//! [`write_atomic`] at mode 0600. Token secrets are never stored, only their SHA-256.
+//! [`write_atomic`] at mode 0600. Token secrets are stored (0600) beside their SHA-256 index so a reconnecting device gets the same token back.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ pub const FILE_VERSION: u32 = 1;
 /// `approvedVia` for loopback auto-approval.
 pub const APPROVED_VIA_SILENT: &str = "silent";
 
-/// A token issued to a device for one role. Only the SHA-256 of the secret is stored.
+/// A token issued to a device for one role. Looked up by the SHA-256 of the secret.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceTokenRecord {
@@ -635,7 +635,12 @@ mod tests {
             0o600
         );
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(&t), "secret must never be written");
+        // The secret is kept (file is 0600) so a reconnecting device gets the same token back,
+        // as the real gateway's ensureDeviceToken does.
+        assert!(
+            text.contains(&t),
+            "token secret must be persisted for ensure_token"
+        );
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["version"], 1);
         assert_eq!(v["devices"][0]["deviceId"], DEV_ID);
