@@ -394,3 +394,38 @@ fn kill_9_during_a_burst_keeps_every_acknowledged_message() {
         }
     }
 }
+
+#[test]
+fn reset_trigger_starts_a_fresh_session() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    c.call(
+        "chat.send",
+        json!({"sessionKey": "resettable", "message": "first", "idempotencyKey": "r1"}),
+    )
+    .unwrap();
+    chat_until_done(&mut c, "r1", Duration::from_secs(10));
+    let before = c.call("sessions.list", json!({})).unwrap();
+    let sid = |l: &Value| {
+        l["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == "agent:main:resettable")
+            .map(|s| s["sessionId"].clone())
+    };
+    let old = sid(&before);
+    c.call(
+        "chat.send",
+        json!({"sessionKey": "resettable", "message": "/new fresh start", "idempotencyKey": "r2"}),
+    )
+    .unwrap();
+    chat_until_done(&mut c, "r2", Duration::from_secs(10));
+    let after = c.call("sessions.list", json!({})).unwrap();
+    assert_ne!(sid(&after), old, "session id must change on /new");
+    let h = c
+        .call("chat.history", json!({"sessionKey": "resettable"}))
+        .unwrap();
+    let msgs = h["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "only the post-reset turn remains: {h}");
+}

@@ -184,7 +184,9 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
         .config
         .max_concurrent
         .div_ceil(shared.opts.workers.max(1));
-    let sessions = crate::state::sessions::SessionOwner::new(shard, cap);
+    let policy = crate::state::policy::SessionPolicy::from_config(&shared.config.parsed);
+    let sessions =
+        crate::state::sessions::SessionOwner::new(shard, cap, policy, shared.opts.workers);
     let core = Rc::new(Core::new(id, shared.clone(), devices, sessions));
     let stop = Rc::new(std::cell::Cell::new(false));
 
@@ -268,12 +270,17 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
         )
         .min(Duration::from_secs(1));
     let mut last_tick = std::time::Instant::now();
+    let mut last_maintenance = std::time::Instant::now();
     loop {
         monoio::time::sleep(check).await;
         if stop.get() {
             return;
         }
         core.sessions.flush();
+        if last_maintenance.elapsed() >= Duration::from_secs(60) {
+            last_maintenance = std::time::Instant::now();
+            core.sessions.maintain(core::now_ms());
+        }
         let now = core.shared.uptime_ms();
         let pong_window = i64::try_from(core.shared.opts.pong_timeout_ms).unwrap_or(i64::MAX);
         let tick_due = last_tick.elapsed() >= every;

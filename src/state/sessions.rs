@@ -178,11 +178,18 @@ pub struct SessionOwner {
     running: Cell<usize>,
     cap: usize,
     slot_waiters: RefCell<VecDeque<std::task::Waker>>,
+    policy: crate::state::policy::SessionPolicy,
+    workers: usize,
 }
 
 impl SessionOwner {
     /// Wrap this core's shard.
-    pub fn new(shard: SessionShard, cap: usize) -> Self {
+    pub fn new(
+        shard: SessionShard,
+        cap: usize,
+        policy: crate::state::policy::SessionPolicy,
+        workers: usize,
+    ) -> Self {
         Self {
             shard: RefCell::new(shard),
             lanes: RefCell::new(HashMap::new()),
@@ -193,6 +200,22 @@ impl SessionOwner {
             running: Cell::new(0),
             cap: cap.max(1),
             slot_waiters: RefCell::new(VecDeque::new()),
+            policy,
+            workers: workers.max(1),
+        }
+    }
+
+    /// Apply `session.maintenance` (pruneAfter, this core's share of maxEntries).
+    pub fn maintain(&self, now_ms: i64) {
+        let max = self.policy.max_entries.map(|m| m.div_ceil(self.workers));
+        match self
+            .shard
+            .borrow_mut()
+            .maintain(now_ms, self.policy.prune_after_ms, max)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(message = "Session maintenance pruned entries.", removed = n),
+            Err(e) => tracing::error!(message = "Session maintenance failed.", error = %e),
         }
     }
 
@@ -419,6 +442,24 @@ fn send(
         return Ok(prev);
     }
     let now = now_ms();
+    // Reset policy: an explicit trigger (`/new`, `/reset`) or an expired daily/idle window
+    // starts a fresh session id before this turn.
+    let reset_now = owner.policy.trigger(&message).is_some()
+        || owner.shard.borrow().get(&key).is_some_and(|e| {
+            owner.policy.reset_due(
+                e.session_started_at_ms.unwrap_or(e.created_at_ms),
+                e.last_interaction_at_ms,
+                now,
+            )
+        });
+    if reset_now && owner.shard.borrow().get(&key).is_some() {
+        owner
+            .shard
+            .borrow_mut()
+            .reset(&key, now)
+            .map_err(store_err)?;
+        sessions_changed(core, &key, "reset");
+    }
     let created = {
         let mut shard = owner.shard.borrow_mut();
         let existed = shard.get(&key).is_some();

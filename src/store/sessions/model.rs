@@ -70,6 +70,9 @@ pub struct SessionEntry {
     /// Last real user interaction (epoch ms): the latest appended `user` message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_interaction_at_ms: Option<i64>,
+    /// When the current session id started (creation or last reset); daily resets use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_started_at_ms: Option<i64>,
     /// Display name (set by channels; not patchable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
@@ -116,6 +119,7 @@ impl SessionEntry {
             run_started_at_ms: None,
             run_ended_at_ms: None,
             last_interaction_at_ms: None,
+            session_started_at_ms: Some(now_ms),
             display_name: None,
             total_tokens: None,
             system_sent: false,
