@@ -151,8 +151,7 @@ impl SessionPolicy {
         let first = trimmed.split_whitespace().next()?;
         let lower = first.to_lowercase();
         self.triggers
-            .iter()
-            .any(|t| *t == lower)
+            .contains(&lower)
             .then(|| trimmed[first.len()..].trim_start())
     }
 }
