@@ -370,7 +370,9 @@ impl Core {
                     continue;
                 }
             }
-            if c.outbox.push_event(&b.body, b.droppable) == Push::Closed && c.outbox.is_dead() {
+            if c.outbox.push_event(&b.body, b.droppable) == Push::Closed
+                && (c.outbox.is_dead() || c.outbox.closed_as_slow())
+            {
                 slow.push(*id);
             }
         }
