@@ -51,33 +51,48 @@ fn token_connect_gets_a_complete_hello_ok_and_rpcs_work_on_both_drivers() {
         assert!(ch["payload"]["nonce"].as_str().unwrap().len() >= 32);
         assert!(ch["payload"]["ts"].as_i64().unwrap() > 0);
         assert!(ch.get("seq").is_none());
-        c.send_text(connect_frame(&g, "", 0).to_string().as_bytes()).unwrap();
+        c.send_text(connect_frame(&g, "", 0).to_string().as_bytes())
+            .unwrap();
         let res = c.next_json().unwrap();
         assert_eq!(res["ok"], true, "{res}");
         let h = &res["payload"];
         assert_eq!(h["type"], "hello-ok");
         assert_eq!(h["protocol"], 4);
         assert!(h["server"]["version"].is_string() && h["server"]["connId"].is_string());
-        assert!(h["features"]["methods"].as_array().unwrap().iter().any(|m| m == "health"));
+        assert!(h["features"]["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "health"));
         assert!(h["snapshot"]["presence"].is_array());
         assert!(h["snapshot"]["health"].is_object());
         assert!(h["snapshot"]["stateVersion"]["presence"].is_u64());
         assert!(h["snapshot"]["uptimeMs"].is_i64() || h["snapshot"]["uptimeMs"].is_u64());
         assert_eq!(h["auth"]["role"], "operator");
         assert_eq!(h["auth"]["scopes"], json!(["operator.read"]));
-        assert_eq!(h["policy"], json!({"maxPayload": 26214400, "maxBufferedBytes": 52428800, "tickIntervalMs": 30000}));
+        assert_eq!(
+            h["policy"],
+            json!({"maxPayload": 26214400, "maxBufferedBytes": 52428800, "tickIntervalMs": 30000})
+        );
         let mut c2 = g.connect(&["operator.read"]);
         let health = c2.call("health", json!({})).unwrap();
         assert_eq!(health["ok"], true);
         let presence = c2.call("system-presence", json!({})).unwrap();
-        assert!(presence.as_array().unwrap().iter().any(|e| e["mode"] == "gateway"));
+        assert!(presence
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mode"] == "gateway"));
     }
 }
 
 #[test]
 fn wrong_token_gets_auth_token_mismatch_then_1008() {
     let g = Gateway::start("uring");
-    let o = ConnectOptions { token: Some("wrong".into()), ..ConnectOptions::default() };
+    let o = ConnectOptions {
+        token: Some("wrong".into()),
+        ..ConnectOptions::default()
+    };
     let mut c = Client::open(&g.url(), Duration::from_secs(5)).unwrap();
     let _ = c.next_json().unwrap();
     let _ = o;
@@ -89,7 +104,10 @@ fn wrong_token_gets_auth_token_mismatch_then_1008() {
     assert_eq!(err["code"], "INVALID_REQUEST");
     assert_eq!(err["details"]["code"], "AUTH_TOKEN_MISMATCH");
     assert_eq!(err["details"]["authReason"], "token_mismatch");
-    assert_eq!(err["details"]["recommendedNextStep"], "update_auth_credentials");
+    assert_eq!(
+        err["details"]["recommendedNextStep"],
+        "update_auth_credentials"
+    );
     assert_eq!(err["details"]["canRetryWithDeviceToken"], false);
     assert_eq!(code, 1008);
     assert!(reason.starts_with("unauthorized: gateway token mismatch"));
@@ -103,7 +121,9 @@ fn wrong_token_gets_auth_token_mismatch_then_1008() {
     assert_eq!(seen[0]["error"]["details"]["code"], "AUTH_TOKEN_MISSING");
     assert_eq!(code, 1008);
     // Others unaffected.
-    g.connect(&["operator.read"]).call("health", json!({})).unwrap();
+    g.connect(&["operator.read"])
+        .call("health", json!({}))
+        .unwrap();
 }
 
 #[test]
@@ -111,7 +131,8 @@ fn first_frame_must_be_connect_and_bad_frames_close() {
     let g = Gateway::start("uring");
     // Request before handshake.
     let (mut c, _) = raw_connect(&g);
-    c.send_text(br#"{"type":"req","id":"1","method":"health"}"#).unwrap();
+    c.send_text(br#"{"type":"req","id":"1","method":"health"}"#)
+        .unwrap();
     let (seen, code, reason) = drain_to_close(&mut c);
     assert_eq!(seen[0]["error"]["code"], "INVALID_REQUEST");
     assert_eq!(code, 1008);
@@ -138,7 +159,9 @@ fn first_frame_must_be_connect_and_bad_frames_close() {
     let (seen, code, _) = drain_to_close(&mut c);
     assert_eq!(seen[0]["error"]["code"], "INVALID_REQUEST");
     assert_eq!(code, 1008);
-    g.connect(&["operator.read"]).call("health", json!({})).unwrap();
+    g.connect(&["operator.read"])
+        .call("health", json!({}))
+        .unwrap();
 }
 
 #[test]
@@ -152,28 +175,47 @@ fn protocol_mismatch_closes_1002_with_details() {
     let (seen, code, reason) = drain_to_close(&mut c);
     let err = &seen[0]["error"];
     assert_eq!(err["message"], "protocol mismatch");
-    assert_eq!(err["details"], json!({"code":"PROTOCOL_MISMATCH","clientMinProtocol":2,"clientMaxProtocol":3,"expectedProtocol":4,"minimumProbeProtocol":3}));
+    assert_eq!(
+        err["details"],
+        json!({"code":"PROTOCOL_MISMATCH","clientMinProtocol":2,"clientMaxProtocol":3,"expectedProtocol":4,"minimumProbeProtocol":3})
+    );
     assert_eq!((code, reason.as_str()), (1002, "protocol mismatch"));
     // A probe with 3..4 is accepted (as `openclaw gateway probe` sends) and gets zero scopes.
-    let o = ConnectOptions { token: Some(g.token.clone()), min_protocol: 3, max_protocol: 4, client_id: "cli".into(), client_mode: "probe".into(), ..ConnectOptions::default() };
+    let o = ConnectOptions {
+        token: Some(g.token.clone()),
+        min_protocol: 3,
+        max_protocol: 4,
+        client_id: "cli".into(),
+        client_mode: "probe".into(),
+        ..ConnectOptions::default()
+    };
     let (mut c, hello) = Client::connect(&g.url(), &o).unwrap();
     assert_eq!(hello["auth"]["scopes"], json!([]));
     c.call("health", json!({})).unwrap();
     let err = c.call("status", json!({})).unwrap_err();
     let ClientError::Rpc(e) = err else { panic!() };
-    assert_eq!(e, json!({"code":"FORBIDDEN","message":"missing scope: operator.read","details":{"code":"MISSING_SCOPE","missingScope":"operator.read","requiredScopes":["operator.read"]}}));
+    assert_eq!(
+        e,
+        json!({"code":"FORBIDDEN","message":"missing scope: operator.read","details":{"code":"MISSING_SCOPE","missingScope":"operator.read","requiredScopes":["operator.read"]}})
+    );
 }
 
 #[test]
 fn unknown_method_missing_scope_and_post_auth_garbage_keep_the_socket() {
     let g = Gateway::start("uring");
     let mut c = g.connect(&["operator.read"]);
-    let ClientError::Rpc(e) = c.call("no.such.method", json!({})).unwrap_err() else { panic!() };
+    let ClientError::Rpc(e) = c.call("no.such.method", json!({})).unwrap_err() else {
+        panic!()
+    };
     assert_eq!(e["code"], "INVALID_REQUEST");
     assert_eq!(e["message"], "unknown method: no.such.method");
-    let ClientError::Rpc(e) = c.call("device.pair.list", json!({})).unwrap_err() else { panic!() };
+    let ClientError::Rpc(e) = c.call("device.pair.list", json!({})).unwrap_err() else {
+        panic!()
+    };
     assert_eq!(e["details"]["missingScope"], "operator.pairing");
-    let ClientError::Rpc(e) = c.call("system-event", json!({"text":"x"})).unwrap_err() else { panic!() };
+    let ClientError::Rpc(e) = c.call("system-event", json!({"text":"x"})).unwrap_err() else {
+        panic!()
+    };
     assert_eq!(e["code"], "FORBIDDEN");
     c.send_text(b"{oops").unwrap();
     let v = c.next_json().unwrap();
@@ -189,9 +231,16 @@ fn device_signed_connect_pairs_locally_and_the_device_token_reconnects() {
     for d in DRIVERS {
         let g = Gateway::start(d);
         let id = DeviceIdentity::random();
-        let o = ConnectOptions { token: Some(g.token.clone()), device: Some(id.clone()), ..ConnectOptions::default() };
+        let o = ConnectOptions {
+            token: Some(g.token.clone()),
+            device: Some(id.clone()),
+            ..ConnectOptions::default()
+        };
         let (c, hello) = Client::connect(&g.url(), &o).unwrap();
-        let dt = hello["auth"]["deviceToken"].as_str().expect("device token issued").to_string();
+        let dt = hello["auth"]["deviceToken"]
+            .as_str()
+            .expect("device token issued")
+            .to_string();
         assert_eq!(dt.len(), 43);
         assert!(hello["auth"]["issuedAtMs"].as_i64().unwrap() > 0);
         c.close();
@@ -200,17 +249,32 @@ fn device_signed_connect_pairs_locally_and_the_device_token_reconnects() {
         let meta = std::fs::metadata(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert!(!std::fs::read_to_string(&path).unwrap().contains(&dt), "token secret must not be stored");
+        assert!(
+            !std::fs::read_to_string(&path).unwrap().contains(&dt),
+            "token secret must not be stored"
+        );
         // Reconnect with only the device token (several times, to hit both cores).
         for _ in 0..6 {
-            let o2 = ConnectOptions { token: None, device_token: Some(dt.clone()), device: Some(id.clone()), ..ConnectOptions::default() };
+            let o2 = ConnectOptions {
+                token: None,
+                device_token: Some(dt.clone()),
+                device: Some(id.clone()),
+                ..ConnectOptions::default()
+            };
             let (mut c2, hello2) = Client::connect(&g.url(), &o2).unwrap();
             assert_eq!(hello2["auth"]["method"], "device-token");
             c2.call("status", json!({})).unwrap();
         }
         // A wrong device token is refused.
-        let o3 = ConnectOptions { token: None, device_token: Some("x".repeat(43)), device: Some(id.clone()), ..ConnectOptions::default() };
-        let Err(ClientError::Rpc(e)) = Client::connect(&g.url(), &o3) else { panic!() };
+        let o3 = ConnectOptions {
+            token: None,
+            device_token: Some("x".repeat(43)),
+            device: Some(id.clone()),
+            ..ConnectOptions::default()
+        };
+        let Err(ClientError::Rpc(e)) = Client::connect(&g.url(), &o3) else {
+            panic!()
+        };
         assert_eq!(e["details"]["code"], "AUTH_DEVICE_TOKEN_MISMATCH");
         // Pair list shows the device.
         let mut admin = g.connect(&["operator.pairing"]);
@@ -224,10 +288,19 @@ fn device_proof_failures_have_the_real_codes() {
     let g = Gateway::start("uring");
     let id = DeviceIdentity::random();
     let pk = clawgate::auth::device::public_key_b64url(&id.seed);
-    let dev_id = clawgate::auth::device::device_id_for(&clawgate::auth::device::public_key_raw(&id.seed));
+    let dev_id =
+        clawgate::auth::device::device_id_for(&clawgate::auth::device::public_key_raw(&id.seed));
     let scopes = vec!["operator.read".to_string()];
     let sign = |nonce: &str, ts: i64| {
-        let f = clawgate::auth::device::SignedFields { client_id: "cli", client_mode: "cli", role: "operator", scopes: &scopes, token: &g.token, platform: "linux", device_family: "Linux" };
+        let f = clawgate::auth::device::SignedFields {
+            client_id: "cli",
+            client_mode: "cli",
+            role: "operator",
+            scopes: &scopes,
+            token: &g.token,
+            platform: "linux",
+            device_family: "Linux",
+        };
         clawgate::auth::device::sign_v3(&id.seed, &dev_id, &f, ts, nonce)
     };
     let attempt = |mutate: &dyn Fn(&mut Value, &str, i64)| -> (Value, u16) {
@@ -243,12 +316,22 @@ fn device_proof_failures_have_the_real_codes() {
     };
     // Bad signature.
     let (r, code) = attempt(&|f, _, _| {
-        let s = f["params"]["device"]["signature"].as_str().unwrap().to_string();
-        let flipped = if s.starts_with('A') { format!("B{}", &s[1..]) } else { format!("A{}", &s[1..]) };
+        let s = f["params"]["device"]["signature"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let flipped = if s.starts_with('A') {
+            format!("B{}", &s[1..])
+        } else {
+            format!("A{}", &s[1..])
+        };
         f["params"]["device"]["signature"] = json!(flipped);
     });
     assert_eq!(r["error"]["message"], "device signature invalid");
-    assert_eq!(r["error"]["details"], json!({"code":"DEVICE_AUTH_SIGNATURE_INVALID","reason":"device-signature"}));
+    assert_eq!(
+        r["error"]["details"],
+        json!({"code":"DEVICE_AUTH_SIGNATURE_INVALID","reason":"device-signature"})
+    );
     assert_eq!(code, 1008);
     // Replayed nonce: a proof signed for another socket's challenge.
     let (mut other, ch) = raw_connect(&g);
@@ -258,28 +341,41 @@ fn device_proof_failures_have_the_real_codes() {
         f["params"]["device"] = json!({"id": dev_id, "publicKey": pk, "signature": sign(&old_nonce, old_ts), "signedAt": old_ts, "nonce": old_nonce});
     });
     assert_eq!(r["error"]["details"]["code"], "DEVICE_AUTH_NONCE_MISMATCH");
-    other.send_frame(OpCode::Close, &1000u16.to_be_bytes()).unwrap();
+    other
+        .send_frame(OpCode::Close, &1000u16.to_be_bytes())
+        .unwrap();
     // Stale signedAt (3 minutes old, correctly signed).
     let (r, _) = attempt(&|f, nonce, ts| {
         let stale = ts - 180_000;
         f["params"]["device"]["signedAt"] = json!(stale);
         f["params"]["device"]["signature"] = json!(sign(nonce, stale));
     });
-    assert_eq!(r["error"]["details"]["code"], "DEVICE_AUTH_SIGNATURE_EXPIRED");
+    assert_eq!(
+        r["error"]["details"]["code"],
+        "DEVICE_AUTH_SIGNATURE_EXPIRED"
+    );
     // Device id that is not the key's fingerprint.
     let (r, _) = attempt(&|f, _, _| {
         f["params"]["device"]["id"] = json!("0".repeat(64));
     });
-    assert_eq!(r["error"]["details"]["code"], "DEVICE_AUTH_DEVICE_ID_MISMATCH");
+    assert_eq!(
+        r["error"]["details"]["code"],
+        "DEVICE_AUTH_DEVICE_ID_MISMATCH"
+    );
     // Same socket cannot connect twice (nonce is single-use).
     let mut c = g.connect(&["operator.read"]);
-    let ClientError::Rpc(e) = c.call("connect", json!({})).unwrap_err() else { panic!() };
+    let ClientError::Rpc(e) = c.call("connect", json!({})).unwrap_err() else {
+        panic!()
+    };
     assert_eq!(e["code"], "INVALID_REQUEST");
 }
 
 #[test]
 fn sockets_that_never_send_connect_are_capped_and_timed_out() {
-    let g = Gateway::start_with(Opts { extra: vec!["--handshake-timeout-ms".into(), "1500".into()], ..Opts::default() });
+    let g = Gateway::start_with(Opts {
+        extra: vec!["--handshake-timeout-ms".into(), "1500".into()],
+        ..Opts::default()
+    });
     let mut open = Vec::new();
     let mut refused = 0;
     for _ in 0..1000 {
@@ -292,7 +388,11 @@ fn sockets_that_never_send_connect_are_capped_and_timed_out() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(open.len() <= 32, "per-IP pre-auth budget: {} open", open.len());
+    assert!(
+        open.len() <= 32,
+        "per-IP pre-auth budget: {} open",
+        open.len()
+    );
     assert!(refused >= 1000 - 32);
     // HTTP keeps serving during the flood.
     assert_eq!(g.http("GET", "/healthz", &[]).unwrap().0, 200);
@@ -303,5 +403,7 @@ fn sockets_that_never_send_connect_are_capped_and_timed_out() {
         assert_eq!(code, 1008);
     }
     // Budget is returned: new sockets are accepted again.
-    g.connect(&["operator.read"]).call("health", json!({})).unwrap();
+    g.connect(&["operator.read"])
+        .call("health", json!({}))
+        .unwrap();
 }

@@ -23,9 +23,24 @@ fn health_ready_404_403_and_keepalive_on_both_drivers() {
             assert!(body.contains("\"ready\":true"), "{body}");
         }
         assert_eq!(g.http("GET", "/nope", &[]).unwrap().0, 404);
-        assert_eq!(g.http("GET", "/health", &[("X-Forwarded-For", "1.2.3.4")]).unwrap().0, 403);
-        assert_eq!(g.http("GET", "/health", &[("X-Real-IP", "1.2.3.4")]).unwrap().0, 403);
-        assert_eq!(g.http("GET", "/", &[("Forwarded", "for=1.2.3.4")]).unwrap().0, 403);
+        assert_eq!(
+            g.http("GET", "/health", &[("X-Forwarded-For", "1.2.3.4")])
+                .unwrap()
+                .0,
+            403
+        );
+        assert_eq!(
+            g.http("GET", "/health", &[("X-Real-IP", "1.2.3.4")])
+                .unwrap()
+                .0,
+            403
+        );
+        assert_eq!(
+            g.http("GET", "/", &[("Forwarded", "for=1.2.3.4")])
+                .unwrap()
+                .0,
+            403
+        );
 
         // Keep-alive: two requests on one socket, pipelined.
         let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
@@ -86,7 +101,9 @@ fn sigterm_closes_websockets_with_1001_and_exits_zero() {
 fn refuses_lan_bind_without_auth_with_exit_78() {
     let home = support::temp_dir("bind");
     let st = std::process::Command::new(env!("CARGO_BIN_EXE_clawgate"))
-        .args(["gateway", "run", "--port", "0", "--bind", "lan", "--auth", "none"])
+        .args([
+            "gateway", "run", "--port", "0", "--bind", "lan", "--auth", "none",
+        ])
         .env("HOME", &home)
         .output()
         .unwrap();

@@ -25,7 +25,11 @@ pub const EXIT_CONFIG: u8 = 78;
 pub const DEFAULT_PORT: u16 = 18789;
 
 #[derive(Parser, Debug)]
-#[command(name = "clawgate", version, about = "Thread-per-core OpenClaw Gateway (protocol v4)")]
+#[command(
+    name = "clawgate",
+    version,
+    about = "Thread-per-core OpenClaw Gateway (protocol v4)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Top,
@@ -180,8 +184,11 @@ pub fn main() -> ExitCode {
 
 fn init_tracing(level: &str) {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         b.init();
     } else {
@@ -199,7 +206,10 @@ fn token_file(state_dir: &Path) -> PathBuf {
 }
 
 fn read_stored_token(state_dir: &Path) -> Option<String> {
-    std::fs::read_to_string(token_file(state_dir)).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    std::fs::read_to_string(token_file(state_dir))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Resolve auth: returns settings, or an error message for exit 78.
@@ -208,12 +218,20 @@ fn resolve_auth(a: &RunArgs, cfg: &Config) -> Result<(AuthSettings, bool), Strin
         Some(AuthArg::Token) => AuthMode::Token,
         Some(AuthArg::Password) => AuthMode::Password,
         Some(AuthArg::None) => AuthMode::None,
-        None => cfg.gateway.auth.mode.unwrap_or(if a.password.is_some() { AuthMode::Password } else { AuthMode::Token }),
+        None => cfg.gateway.auth.mode.unwrap_or(if a.password.is_some() {
+            AuthMode::Password
+        } else {
+            AuthMode::Token
+        }),
     };
     match mode {
         AuthMode::None => Ok((AuthSettings { mode, secret: None }, false)),
         AuthMode::Password => {
-            let p = a.password.clone().or_else(|| env("OPENCLAW_GATEWAY_PASSWORD")).or_else(|| cfg.gateway.auth.password.clone());
+            let p = a
+                .password
+                .clone()
+                .or_else(|| env("OPENCLAW_GATEWAY_PASSWORD"))
+                .or_else(|| cfg.gateway.auth.password.clone());
             match p {
                 Some(p) => Ok((AuthSettings { mode, secret: Some(p) }, false)),
                 None => Err("auth mode is password but no password is set (--password, OPENCLAW_GATEWAY_PASSWORD or gateway.auth.password)".into()),
@@ -227,13 +245,30 @@ fn resolve_auth(a: &RunArgs, cfg: &Config) -> Result<(AuthSettings, bool), Strin
                 .or_else(|| cfg.gateway.auth.token.clone())
                 .or_else(|| read_stored_token(&cfg.paths.state_dir));
             match t {
-                Some(t) => Ok((AuthSettings { mode, secret: Some(t) }, false)),
+                Some(t) => Ok((
+                    AuthSettings {
+                        mode,
+                        secret: Some(t),
+                    },
+                    false,
+                )),
                 None => {
                     let t = crate::auth::token::generate_token();
                     let path = token_file(&cfg.paths.state_dir);
                     crate::store::atomic::write_atomic(&path, format!("{t}\n").as_bytes(), 0o600)
-                        .map_err(|e| format!("cannot store the generated token at {}: {e}", path.display()))?;
-                    Ok((AuthSettings { mode, secret: Some(t) }, true))
+                        .map_err(|e| {
+                        format!(
+                            "cannot store the generated token at {}: {e}",
+                            path.display()
+                        )
+                    })?;
+                    Ok((
+                        AuthSettings {
+                            mode,
+                            secret: Some(t),
+                        },
+                        true,
+                    ))
                 }
             }
         }
@@ -241,7 +276,13 @@ fn resolve_auth(a: &RunArgs, cfg: &Config) -> Result<(AuthSettings, bool), Strin
 }
 
 fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
-    let level = a.log_level.clone().unwrap_or_else(|| if a.verbose { "debug".into() } else { "info".into() });
+    let level = a.log_level.clone().unwrap_or_else(|| {
+        if a.verbose {
+            "debug".into()
+        } else {
+            "info".into()
+        }
+    });
     init_tracing(&level);
     let cfg = match load_config() {
         Ok(c) => c,
@@ -269,7 +310,11 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
         BindMode::Loopback => IpAddr::V4(Ipv4Addr::LOCALHOST),
         BindMode::Lan => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         BindMode::Custom => {
-            let h = a.host.clone().or_else(|| cfg.gateway.custom_bind_host.clone()).ok_or_else(|| anyhow!("--bind custom needs --host"))?;
+            let h = a
+                .host
+                .clone()
+                .or_else(|| cfg.gateway.custom_bind_host.clone())
+                .ok_or_else(|| anyhow!("--bind custom needs --host"))?;
             h.parse().with_context(|| format!("invalid --host {h:?}"))?
         }
     };
@@ -290,13 +335,24 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
             path = %token_file(&cfg.paths.state_dir).display()
         );
     }
-    let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let workers = a
+        .workers
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
     let driver = runtime::choose_driver(match a.driver {
         Some(DriverArg::Uring) => Some(Driver::Uring),
         Some(DriverArg::Legacy) => Some(Driver::Legacy),
         _ => None,
     });
-    let mut opts = RunOptions { workers, ws_echo: a.ws_echo, ..RunOptions::default() };
+    let mut opts = RunOptions {
+        workers,
+        ws_echo: a.ws_echo,
+        ..RunOptions::default()
+    };
     if let Some(t) = a.tick_interval_ms {
         opts.tick_interval_ms = t;
     }
@@ -335,7 +391,9 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn client_defaults(c: &ClientArgs) -> anyhow::Result<(String, Option<String>)> {
@@ -343,7 +401,10 @@ fn client_defaults(c: &ClientArgs) -> anyhow::Result<(String, Option<String>)> {
     let url = match &c.url {
         Some(u) => u.clone(),
         None => {
-            let port = env("OPENCLAW_GATEWAY_PORT").and_then(|p| p.parse().ok()).or(cfg.as_ref().and_then(|c| c.gateway.port)).unwrap_or(DEFAULT_PORT);
+            let port = env("OPENCLAW_GATEWAY_PORT")
+                .and_then(|p| p.parse().ok())
+                .or(cfg.as_ref().and_then(|c| c.gateway.port))
+                .unwrap_or(DEFAULT_PORT);
             format!("ws://127.0.0.1:{port}")
         }
     };
@@ -352,7 +413,10 @@ fn client_defaults(c: &ClientArgs) -> anyhow::Result<(String, Option<String>)> {
         .clone()
         .or_else(|| env("OPENCLAW_GATEWAY_TOKEN"))
         .or_else(|| cfg.as_ref().and_then(|c| c.gateway.auth.token.clone()))
-        .or_else(|| cfg.as_ref().and_then(|c| read_stored_token(&c.paths.state_dir)));
+        .or_else(|| {
+            cfg.as_ref()
+                .and_then(|c| read_stored_token(&c.paths.state_dir))
+        });
     Ok((url, token))
 }
 
@@ -365,7 +429,8 @@ fn connect_for(c: &ClientArgs, scopes: Vec<String>) -> anyhow::Result<Client> {
         timeout: Duration::from_millis(c.timeout),
         ..ConnectOptions::default()
     };
-    let (client, _hello) = Client::connect(&url, &o).with_context(|| format!("connect to {url} failed"))?;
+    let (client, _hello) =
+        Client::connect(&url, &o).with_context(|| format!("connect to {url} failed"))?;
     Ok(client)
 }
 
@@ -380,8 +445,20 @@ fn print_result(v: &Value, json: bool) {
 fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let params: Value = serde_json::from_str(&a.params).context("--params must be JSON")?;
     let scopes = match &a.scopes {
-        Some(s) => s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect(),
-        None => ["operator.admin", "operator.read", "operator.write", "operator.approvals", "operator.pairing"].map(String::from).to_vec(),
+        Some(s) => s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        None => [
+            "operator.admin",
+            "operator.read",
+            "operator.write",
+            "operator.approvals",
+            "operator.pairing",
+        ]
+        .map(String::from)
+        .to_vec(),
     };
     let mut c = connect_for(&a.client, scopes)?;
     match c.call(&a.method, params) {
@@ -391,7 +468,11 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(crate::client::ClientError::Rpc(e)) => {
-            eprintln!("clawgate: {} failed: {}", a.method, serde_json::to_string(&e).unwrap_or_default());
+            eprintln!(
+                "clawgate: {} failed: {}",
+                a.method,
+                serde_json::to_string(&e).unwrap_or_default()
+            );
             Ok(ExitCode::from(1))
         }
         Err(e) => bail!(e),
@@ -412,11 +493,20 @@ fn health(a: ClientArgs) -> anyhow::Result<ExitCode> {
 
 fn auth_token() -> anyhow::Result<ExitCode> {
     let cfg = load_config()?;
-    if let Some(t) = cfg.gateway.auth.token.clone().or_else(|| read_stored_token(&cfg.paths.state_dir)) {
+    if let Some(t) = cfg
+        .gateway
+        .auth
+        .token
+        .clone()
+        .or_else(|| read_stored_token(&cfg.paths.state_dir))
+    {
         println!("{t}");
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("clawgate: no token stored in {} (start the gateway once to generate one)", cfg.paths.state_dir.display());
+        eprintln!(
+            "clawgate: no token stored in {} (start the gateway once to generate one)",
+            cfg.paths.state_dir.display()
+        );
         Ok(ExitCode::from(1))
     }
 }

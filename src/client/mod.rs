@@ -118,7 +118,9 @@ pub struct Client {
 }
 
 fn parse_url(url: &str) -> Result<(String, String), ClientError> {
-    let rest = url.strip_prefix("ws://").ok_or_else(|| ClientError::Url(url.into()))?;
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| ClientError::Url(url.into()))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -126,7 +128,11 @@ fn parse_url(url: &str) -> Result<(String, String), ClientError> {
     if hostport.is_empty() {
         return Err(ClientError::Url(url.into()));
     }
-    let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
     Ok((hostport, path.to_string()))
 }
 
@@ -144,7 +150,13 @@ impl Client {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
         );
-        let mut c = Self { stream, dec: Decoder::new(Role::Client, 64 << 20), buf: Vec::with_capacity(4096), next_id: 1, events: Vec::new() };
+        let mut c = Self {
+            stream,
+            dec: Decoder::new(Role::Client, 64 << 20),
+            buf: Vec::with_capacity(4096),
+            next_id: 1,
+            events: Vec::new(),
+        };
         c.stream.write_all(req.as_bytes())?;
         // Read the response head.
         let head_end = loop {
@@ -155,7 +167,9 @@ impl Client {
         };
         let head = String::from_utf8_lossy(&c.buf[..head_end]).to_string();
         if !head.starts_with("HTTP/1.1 101") {
-            return Err(ClientError::Upgrade(head.lines().next().unwrap_or("").to_string()));
+            return Err(ClientError::Upgrade(
+                head.lines().next().unwrap_or("").to_string(),
+            ));
         }
         c.buf.drain(..head_end);
         Ok(c)
@@ -165,13 +179,21 @@ impl Client {
         let mut tmp = [0u8; 16384];
         let n = match self.stream.read(&mut tmp) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(ClientError::Timeout)
             }
             Err(e) => return Err(e.into()),
         };
         if n == 0 {
-            return Err(ClientError::Closed { code: 1006, reason: "connection closed without close frame".into() });
+            return Err(ClientError::Closed {
+                code: 1006,
+                reason: "connection closed without close frame".into(),
+            });
         }
         self.buf.extend_from_slice(&tmp[..n]);
         Ok(())
@@ -202,24 +224,26 @@ impl Client {
     pub fn next_json(&mut self) -> Result<Value, ClientError> {
         loop {
             self.dec.reclaim(&mut self.buf);
-            let step = match self.dec.next(&mut self.buf) {
-                Ok(Some(Message::Text(t))) => Some(Ok(serde_json::from_slice::<Value>(t).map_err(|e| ClientError::Ws(e.to_string())))),
-                Ok(Some(Message::Close(code, reason))) => Some(Err(ClientError::Closed {
-                    code: code.unwrap_or(1005),
-                    reason: String::from_utf8_lossy(reason).to_string(),
-                })),
-                Ok(Some(Message::Ping(p))) => {
-                    let p = p.to_vec();
-                    self.send_frame(OpCode::Pong, &p)?;
-                    None
-                }
-                Ok(Some(_)) => None,
-                Ok(None) => {
-                    self.fill()?;
-                    None
-                }
-                Err(e) => Some(Err(ClientError::Ws(e.to_string()))),
-            };
+            let step =
+                match self.dec.next(&mut self.buf) {
+                    Ok(Some(Message::Text(t))) => Some(Ok(serde_json::from_slice::<Value>(t)
+                        .map_err(|e| ClientError::Ws(e.to_string())))),
+                    Ok(Some(Message::Close(code, reason))) => Some(Err(ClientError::Closed {
+                        code: code.unwrap_or(1005),
+                        reason: String::from_utf8_lossy(reason).to_string(),
+                    })),
+                    Ok(Some(Message::Ping(p))) => {
+                        let p = p.to_vec();
+                        self.send_frame(OpCode::Pong, &p)?;
+                        None
+                    }
+                    Ok(Some(_)) => None,
+                    Ok(None) => {
+                        self.fill()?;
+                        None
+                    }
+                    Err(e) => Some(Err(ClientError::Ws(e.to_string()))),
+                };
             if let Some(r) = step {
                 return r?;
             }
@@ -230,7 +254,10 @@ impl Client {
     pub fn connect(url: &str, o: &ConnectOptions) -> Result<(Self, Value), ClientError> {
         let mut c = Self::open(url, o.timeout)?;
         let challenge = c.next_json()?;
-        let nonce = challenge["payload"]["nonce"].as_str().unwrap_or("").to_string();
+        let nonce = challenge["payload"]["nonce"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let ts = challenge["payload"]["ts"].as_i64().unwrap_or(0);
         let mut auth = serde_json::Map::new();
         if let Some(t) = &o.token {
@@ -251,7 +278,11 @@ impl Client {
             let pk = device::public_key_b64url(&d.seed);
             let raw = device::public_key_raw(&d.seed);
             let id = device::device_id_for(&raw);
-            let token = o.token.as_deref().or(o.device_token.as_deref()).unwrap_or("");
+            let token = o
+                .token
+                .as_deref()
+                .or(o.device_token.as_deref())
+                .unwrap_or("");
             let fields = SignedFields {
                 client_id: &o.client_id,
                 client_mode: &o.client_mode,

@@ -28,7 +28,10 @@ fn auth_error(message: &str, code: &str, step: &str, extra: Value) -> ErrorShape
 /// How the socket authenticated.
 enum Via {
     Shared,
-    DeviceToken { device_id: String, scopes: Vec<String> },
+    DeviceToken {
+        device_id: String,
+        scopes: Vec<String>,
+    },
 }
 
 /// Handle `connect`. On failure the error response is queued and the socket closes.
@@ -48,7 +51,10 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     let mode = shared.auth.mode;
 
     // 1. Shared secret: the mode picks the configured secret; either field may carry it.
-    let presented: Vec<&str> = [auth.token.as_deref(), auth.password.as_deref()].into_iter().flatten().collect();
+    let presented: Vec<&str> = [auth.token.as_deref(), auth.password.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
     let shared_ok: Option<bool> = match (mode, &shared.auth.secret) {
         (AuthMode::None, _) => Some(true),
         (_, None) => Some(false),
@@ -60,10 +66,15 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     };
 
     // 2. Device token (auth.deviceToken, or auth.token when it is not the shared secret).
-    let device_token = auth.device_token.as_deref().or(if shared_ok == Some(true) { None } else { auth.token.as_deref() });
+    let device_token = auth.device_token.as_deref().or(if shared_ok == Some(true) {
+        None
+    } else {
+        auth.token.as_deref()
+    });
     let token_match = device_token.and_then(|t| {
         let reg = s.core.devices.borrow();
-        reg.check_token(t).map(|(d, rec)| (d.device_id.clone(), rec.role.clone(), rec.scopes.clone()))
+        reg.check_token(t)
+            .map(|(d, rec)| (d.device_id.clone(), rec.role.clone(), rec.scopes.clone()))
     });
 
     let requested: Vec<String> = p.scopes().to_vec();
@@ -75,7 +86,12 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
 
     if let Some(proof) = &p.device {
         // 3. Device proof, in the real server's check order.
-        let signed_token = auth.token.as_deref().or(auth.device_token.as_deref()).or(auth.bootstrap_token.as_deref()).unwrap_or("");
+        let signed_token = auth
+            .token
+            .as_deref()
+            .or(auth.device_token.as_deref())
+            .or(auth.bootstrap_token.as_deref())
+            .unwrap_or("");
         let fields = SignedFields {
             client_id: &p.client.id,
             client_mode: &p.client.mode,
@@ -88,20 +104,38 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
         let verified = match device::verify(proof, &fields, &nonce, now_ms()) {
             Ok(v) => v,
             Err(e) => {
-                let err = ErrorShape::invalid(e.to_string()).with_details(json!({"code": e.detail_code(), "reason": e.reason()}));
+                let err = ErrorShape::invalid(e.to_string())
+                    .with_details(json!({"code": e.detail_code(), "reason": e.reason()}));
                 return s.fail(id, err, 1008);
             }
         };
-        let token_for_this_device = token_match.as_ref().filter(|(d, r, _)| *d == verified.device_id && *r == role);
+        let token_for_this_device = token_match
+            .as_ref()
+            .filter(|(d, r, _)| *d == verified.device_id && *r == role);
         if shared_ok == Some(true) {
             via = Via::Shared;
         } else if let Some((d, _, sc)) = token_for_this_device {
-            via = Via::DeviceToken { device_id: d.clone(), scopes: sc.clone() };
+            via = Via::DeviceToken {
+                device_id: d.clone(),
+                scopes: sc.clone(),
+            };
         } else {
-            return s.fail(id, secret_failure(mode, shared_ok, device_token.is_some(), &s.core, Some(&verified.device_id)), 1008);
+            return s.fail(
+                id,
+                secret_failure(
+                    mode,
+                    shared_ok,
+                    device_token.is_some(),
+                    &s.core,
+                    Some(&verified.device_id),
+                ),
+                1008,
+            );
         }
         match &via {
-            Via::DeviceToken { scopes: granted, .. } => {
+            Via::DeviceToken {
+                scopes: granted, ..
+            } => {
                 if let Some(missing) = requested.iter().find(|r| !scopes::satisfied(granted, r)) {
                     if !s.local {
                         return s.fail(id, pairing_required(&verified.device_id, missing), 1008);
@@ -114,9 +148,15 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
                 }
             }
             _ => {
-                let paired_ok = s.core.devices.borrow().get(&verified.device_id).is_some_and(|d| {
-                    d.roles.iter().any(|r| *r == role) && requested.iter().all(|r| scopes::satisfied(&d.scopes, r))
-                });
+                let paired_ok = s
+                    .core
+                    .devices
+                    .borrow()
+                    .get(&verified.device_id)
+                    .is_some_and(|d| {
+                        d.roles.iter().any(|r| *r == role)
+                            && requested.iter().all(|r| scopes::satisfied(&d.scopes, r))
+                    });
                 if !s.local && !paired_ok {
                     let first = requested.first().map(String::as_str).unwrap_or("");
                     return s.fail(id, pairing_required(&verified.device_id, first), 1008);
@@ -128,12 +168,23 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
             }
         }
         device_id = Some(verified.device_id.clone());
-        effective_scopes = if role == "operator" { requested.clone() } else { Vec::new() };
+        effective_scopes = if role == "operator" {
+            requested.clone()
+        } else {
+            Vec::new()
+        };
     } else if shared_ok == Some(true) {
         via = Via::Shared;
-        let trusted_client = matches!((p.client.id.as_str(), p.client.mode.as_str()), ("cli", "cli") | ("gateway-client", "backend"));
+        let trusted_client = matches!(
+            (p.client.id.as_str(), p.client.mode.as_str()),
+            ("cli", "cli") | ("gateway-client", "backend")
+        );
         // Device-less sockets keep their scopes only for the local CLI/backend (§4.1).
-        effective_scopes = if s.local && trusted_client && role == "operator" { requested.clone() } else { Vec::new() };
+        effective_scopes = if s.local && trusted_client && role == "operator" {
+            requested.clone()
+        } else {
+            Vec::new()
+        };
     } else if let Some((d, r, granted)) = token_match.filter(|(_, r, _)| *r == role) {
         if let Some(missing) = requested.iter().find(|x| !scopes::satisfied(&granted, x)) {
             let err = auth_error(
@@ -145,11 +196,18 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
             return s.fail(id, err, 1008);
         }
         let _ = r;
-        via = Via::DeviceToken { device_id: d.clone(), scopes: granted };
+        via = Via::DeviceToken {
+            device_id: d.clone(),
+            scopes: granted,
+        };
         device_id = Some(d);
         effective_scopes = requested.clone();
     } else {
-        return s.fail(id, secret_failure(mode, shared_ok, device_token.is_some(), &s.core, None), 1008);
+        return s.fail(
+            id,
+            secret_failure(mode, shared_ok, device_token.is_some(), &s.core, None),
+            1008,
+        );
     }
 
     let method = match (&via, mode) {
@@ -161,7 +219,10 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     if let Via::DeviceToken { device_id: d, .. } = &via {
         device_id.get_or_insert_with(|| d.clone());
     }
-    let authority = Rc::new(Authority { role: role.clone(), scopes: effective_scopes });
+    let authority = Rc::new(Authority {
+        role: role.clone(),
+        scopes: effective_scopes,
+    });
     let client = ClientMeta {
         id: p.client.id.clone(),
         mode: p.client.mode.clone(),
@@ -174,7 +235,12 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     s.authenticated(authority.clone(), client);
 
     let methods = super::method_names();
-    let presence = Value::Array(s.core.presence.borrow().entries.clone());
+    // Zero-scope sockets (probes) get an empty presence list, as the real gateway does.
+    let presence = if authority.scopes.is_empty() {
+        Value::Array(vec![])
+    } else {
+        Value::Array(s.core.presence.borrow().entries.clone())
+    };
     let presence_version = s.core.presence.borrow().version;
     let (health, config_path, state_dir, default_agent) = s.with_view(|v| {
         (
@@ -210,6 +276,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
         default_agent_id: &default_agent,
         main_session_key: &main_key,
         auth_mode,
+        model_configured: true,
     });
     s.send(&encode_ok(id, &hello));
     Verdict::Authenticated
@@ -233,8 +300,13 @@ async fn pair(
         scopes: requested.to_vec(),
     };
     match s.core.pair(job).await {
-        PairOutcome::Approved { token, issued_at_ms } => Ok((token, issued_at_ms)),
-        PairOutcome::Failed(why) => Err(ErrorShape::new(UNAVAILABLE, format!("pairing failed: {why}")).retry_after(1000)),
+        PairOutcome::Approved {
+            token,
+            issued_at_ms,
+        } => Ok((token, issued_at_ms)),
+        PairOutcome::Failed(why) => {
+            Err(ErrorShape::new(UNAVAILABLE, format!("pairing failed: {why}")).retry_after(1000))
+        }
     }
 }
 

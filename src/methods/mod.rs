@@ -49,17 +49,72 @@ pub struct MethodSpec {
 /// Every method clawgate implements. `features.methods` in hello-ok is this list.
 pub static TABLE: &[MethodSpec] = &[
     // `health` is answered on any authenticated socket, even zero-scope probes (observed).
-    MethodSpec { name: "health", role: RoleReq::Any, scope: None, handler: system_methods::health },
-    MethodSpec { name: "status", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::status },
-    MethodSpec { name: "system-presence", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::presence },
-    MethodSpec { name: "system-event", role: RoleReq::Operator, scope: Some(scopes::ADMIN), handler: system_methods::system_event },
-    MethodSpec { name: "last-heartbeat", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::last_heartbeat },
-    MethodSpec { name: "models.list", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::models_list },
-    MethodSpec { name: "agents.list", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::agents_list },
-    MethodSpec { name: "config.get", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::config_get },
-    MethodSpec { name: "sessions.list", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::sessions_list },
-    MethodSpec { name: "node.list", role: RoleReq::Operator, scope: Some(scopes::READ), handler: system_methods::node_list },
-    MethodSpec { name: "device.pair.list", role: RoleReq::Operator, scope: Some(scopes::PAIRING), handler: system_methods::device_pair_list },
+    MethodSpec {
+        name: "health",
+        role: RoleReq::Any,
+        scope: None,
+        handler: system_methods::health,
+    },
+    MethodSpec {
+        name: "status",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: system_methods::status,
+    },
+    MethodSpec {
+        name: "system-presence",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: system_methods::presence,
+    },
+    MethodSpec {
+        name: "system-event",
+        role: RoleReq::Operator,
+        scope: Some(scopes::ADMIN),
+        handler: system_methods::system_event,
+    },
+    MethodSpec {
+        name: "last-heartbeat",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: system_methods::last_heartbeat,
+    },
+    MethodSpec {
+        name: "models.list",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: system_methods::models_list,
+    },
+    MethodSpec {
+        name: "agents.list",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: system_methods::agents_list,
+    },
+    MethodSpec {
+        name: "config.get",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: system_methods::config_get,
+    },
+    MethodSpec {
+        name: "sessions.list",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: system_methods::sessions_list,
+    },
+    MethodSpec {
+        name: "node.list",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: system_methods::node_list,
+    },
+    MethodSpec {
+        name: "device.pair.list",
+        role: RoleReq::Operator,
+        scope: Some(scopes::PAIRING),
+        handler: system_methods::device_pair_list,
+    },
 ];
 
 /// Events clawgate emits (`features.events`).
@@ -126,15 +181,34 @@ pub struct Session {
 
 impl Session {
     /// A session for a freshly upgraded socket.
-    pub fn new(core: Rc<Core>, conn_id: u64, peer: SocketAddr, local: bool, outbox: Rc<Outbox>) -> Self {
-        Self { core, conn_id, peer, local, outbox, nonce: None, authority: None, client: None, in_presence: false }
+    pub fn new(
+        core: Rc<Core>,
+        conn_id: u64,
+        peer: SocketAddr,
+        local: bool,
+        outbox: Rc<Outbox>,
+    ) -> Self {
+        Self {
+            core,
+            conn_id,
+            peer,
+            local,
+            outbox,
+            nonce: None,
+            authority: None,
+            client: None,
+            in_presence: false,
+        }
     }
 
     /// Send `connect.challenge` (must be the first frame on the socket).
     pub fn send_challenge(&mut self) {
         let nonce = token::uuid_v4();
-        let payload = json!({"nonce": nonce, "ts": now_ms(), "capabilities": []});
-        self.outbox.push_frame(OpCode::Text, &encode_event_unsequenced("connect.challenge", &payload));
+        let payload = crate::protocol::hello::challenge(&nonce, now_ms());
+        self.outbox.push_frame(
+            OpCode::Text,
+            &encode_event_unsequenced("connect.challenge", &payload),
+        );
         self.nonce = Some(nonce);
     }
 
@@ -180,7 +254,9 @@ impl Session {
 
     fn dispatch(&self, a: &Authority, method: &str, params: &Value) -> Result<Value, ErrorShape> {
         if method == "connect" {
-            return Err(ErrorShape::invalid("connect already completed on this socket"));
+            return Err(ErrorShape::invalid(
+                "connect already completed on this socket",
+            ));
         }
         let spec = lookup(method).ok_or_else(|| ErrorShape::unknown_method(method))?;
         match spec.role {
@@ -206,7 +282,10 @@ impl Session {
     pub(crate) fn authenticated(&mut self, authority: Rc<Authority>, client: ClientMeta) {
         self.core.set_authority(self.conn_id, authority.clone());
         if !matches!(client.mode.as_str(), "cli" | "probe") {
-            let entry = system::client_presence_entry(&presence_of(&client, &authority, self.peer), now_ms());
+            let entry = system::client_presence_entry(
+                &presence_of(&client, &authority, self.peer),
+                now_ms(),
+            );
             self.core.presence_join(self.conn_id, entry);
             self.in_presence = true;
         }
@@ -234,7 +313,11 @@ impl Session {
 
     /// A view of gateway state for the payload builders.
     pub fn with_view<R>(&self, f: impl FnOnce(&system::SystemView<'_>) -> R) -> R {
-        with_view(&self.core, f)
+        let admin = self
+            .authority
+            .as_ref()
+            .is_some_and(|a| scopes::satisfied(&a.scopes, scopes::ADMIN));
+        with_view(&self.core, admin, f)
     }
 }
 
@@ -252,11 +335,17 @@ fn presence_of(c: &ClientMeta, a: &Authority, peer: SocketAddr) -> system::Clien
         roles: vec![a.role.clone()],
         scopes: a.scopes.clone(),
         connected_at_ms: now_ms(),
+        model_identifier: None,
+        time_zone: None,
     }
 }
 
 /// Build a [`system::SystemView`] of this core's state.
-pub fn with_view<R>(core: &Core, f: impl FnOnce(&system::SystemView<'_>) -> R) -> R {
+pub fn with_view<R>(
+    core: &Core,
+    include_sensitive: bool,
+    f: impl FnOnce(&system::SystemView<'_>) -> R,
+) -> R {
     let cfg = &core.shared.config;
     let sessions_path = cfg
         .paths
@@ -277,13 +366,18 @@ pub fn with_view<R>(core: &Core, f: impl FnOnce(&system::SystemView<'_>) -> R) -
         sessions: &[],
         sessions_path: &sessions_path,
         heartbeat_seconds: 0,
+        platform: std::env::consts::OS,
+        pid: std::process::id(),
+        include_sensitive,
+        event_loop: None,
+        hot_reload: None,
     };
     f(&view)
 }
 
 /// The gateway's own presence row.
 pub fn gateway_presence(core: &Core) -> Value {
-    with_view(core, system::gateway_presence_entry)
+    with_view(core, false, system::gateway_presence_entry)
 }
 
 mod system_methods {
@@ -293,8 +387,8 @@ mod system_methods {
     pub(super) fn health(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(s.with_view(system::health_snapshot))
     }
-    pub(super) fn status(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
-        Ok(s.with_view(system::status))
+    pub(super) fn status(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
+        Ok(s.with_view(|v| system::status_with_params(v, p)))
     }
     pub(super) fn presence(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(Value::Array(s.core.presence.borrow().entries.clone()))
@@ -312,30 +406,55 @@ mod system_methods {
         Ok(s.with_view(system::config_get))
     }
     pub(super) fn sessions_list(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
-        s.with_view(|v| system::sessions_list(v, p)).map_err(|m| ErrorShape::invalid_params("sessions.list", m))
+        s.with_view(|v| system::sessions_list(v, p))
+            .map_err(|m| ErrorShape::invalid_params("sessions.list", m))
     }
     pub(super) fn node_list(_s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(json!({"ts": now_ms(), "nodes": []}))
     }
     pub(super) fn device_pair_list(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         let reg = s.core.devices.borrow();
-        let paired: Vec<Value> = reg.iter().map(|d| crate::store::devices::to_pair_list_entry(d, false)).collect();
+        let paired: Vec<Value> = reg
+            .iter()
+            .map(|d| crate::store::devices::to_pair_list_entry(d, false))
+            .collect();
         Ok(json!({"pending": [], "paired": paired}))
     }
 
     /// `system-event`: upsert a presence row (keyed by instance/device/host) and broadcast.
     pub(super) fn system_event(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
         let Some(obj) = p.as_object() else {
-            return Err(ErrorShape::invalid_params("system-event", "params must be an object"));
+            return Err(ErrorShape::invalid_params(
+                "system-event",
+                "params must be an object",
+            ));
         };
-        let text = obj.get("text").and_then(Value::as_str).filter(|t| !t.trim().is_empty());
+        let text = obj
+            .get("text")
+            .and_then(Value::as_str)
+            .filter(|t| !t.trim().is_empty());
         let Some(text) = text else {
-            return Err(ErrorShape::invalid_params("system-event", "text (non-empty string) is required"));
+            return Err(ErrorShape::invalid_params(
+                "system-event",
+                "text (non-empty string) is required",
+            ));
         };
         let mut entry = serde_json::Map::new();
         for k in [
-            "deviceId", "instanceId", "host", "ip", "mode", "version", "platform", "deviceFamily",
-            "modelIdentifier", "lastInputSeconds", "reason", "roles", "scopes", "tags",
+            "deviceId",
+            "instanceId",
+            "host",
+            "ip",
+            "mode",
+            "version",
+            "platform",
+            "deviceFamily",
+            "modelIdentifier",
+            "lastInputSeconds",
+            "reason",
+            "roles",
+            "scopes",
+            "tags",
         ] {
             if let Some(v) = obj.get(k) {
                 entry.insert(k.to_string(), v.clone());
@@ -353,6 +472,8 @@ mod system_methods {
     }
 
     fn fnv1a(b: &[u8]) -> u64 {
-        b.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, x| (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3))
+        b.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, x| {
+            (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3)
+        })
     }
 }

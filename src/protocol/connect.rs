@@ -35,7 +35,9 @@ pub const CLIENT_IDS: &[&str] = &[
 ];
 
 /// Client modes the real gateway accepts.
-pub const CLIENT_MODES: &[&str] = &["cli", "webchat", "ui", "backend", "node", "worker", "probe", "test"];
+pub const CLIENT_MODES: &[&str] = &[
+    "cli", "webchat", "ui", "backend", "node", "worker", "probe", "test",
+];
 
 /// `connect.params.client`.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,7 +121,8 @@ pub struct ConnectParams {
 impl ConnectParams {
     /// Parse and validate enums; errors are `INVALID_REQUEST` like the real validator's.
     pub fn parse(params: Option<serde_json::Value>) -> Result<Self, ErrorShape> {
-        let v = params.ok_or_else(|| ErrorShape::invalid("invalid connect params: params required"))?;
+        let v =
+            params.ok_or_else(|| ErrorShape::invalid("invalid connect params: params required"))?;
         let mut p: ConnectParams = serde_json::from_value(v)
             .map_err(|e| ErrorShape::invalid(format!("invalid connect params: {e}")))?;
         p.client.id = p.client.id.to_ascii_lowercase();
@@ -136,12 +139,16 @@ impl ConnectParams {
             )));
         }
         if p.min_protocol < 1 || p.max_protocol < 1 {
-            return Err(ErrorShape::invalid("invalid connect params: protocol versions must be >= 1"));
+            return Err(ErrorShape::invalid(
+                "invalid connect params: protocol versions must be >= 1",
+            ));
         }
         match p.role.as_deref() {
             None | Some("operator") | Some("node") => {}
             Some(other) => {
-                return Err(ErrorShape::invalid(format!("invalid connect params: unknown role {other:?}")));
+                return Err(ErrorShape::invalid(format!(
+                    "invalid connect params: unknown role {other:?}"
+                )));
             }
         }
         Ok(p)
@@ -167,16 +174,22 @@ pub fn negotiate(min: u32, max: u32, role: &str, mode: &str) -> Result<u32, Erro
     if mode == "probe" && max >= MIN_PROBE_PROTOCOL_VERSION && min <= PROTOCOL_VERSION {
         return Ok(PROTOCOL_VERSION);
     }
-    if role == "node" && mode == "node" && min <= MIN_NODE_PROTOCOL_VERSION && MIN_NODE_PROTOCOL_VERSION <= max {
+    if role == "node"
+        && mode == "node"
+        && min <= MIN_NODE_PROTOCOL_VERSION
+        && MIN_NODE_PROTOCOL_VERSION <= max
+    {
         return Ok(MIN_NODE_PROTOCOL_VERSION);
     }
-    Err(ErrorShape::invalid("protocol mismatch").with_details(json!({
-        "code": "PROTOCOL_MISMATCH",
-        "clientMinProtocol": min,
-        "clientMaxProtocol": max,
-        "expectedProtocol": PROTOCOL_VERSION,
-        "minimumProbeProtocol": MIN_PROBE_PROTOCOL_VERSION,
-    })))
+    Err(
+        ErrorShape::invalid("protocol mismatch").with_details(json!({
+            "code": "PROTOCOL_MISMATCH",
+            "clientMinProtocol": min,
+            "clientMaxProtocol": max,
+            "expectedProtocol": PROTOCOL_VERSION,
+            "minimumProbeProtocol": MIN_PROBE_PROTOCOL_VERSION,
+        })),
+    )
 }
 
 #[cfg(test)]

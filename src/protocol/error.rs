@@ -34,7 +34,13 @@ pub struct ErrorShape {
 impl ErrorShape {
     /// An error without details.
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: None, retryable: None, retry_after_ms: None }
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+            retryable: None,
+            retry_after_ms: None,
+        }
     }
     /// `INVALID_REQUEST` with a message.
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -56,13 +56,17 @@ pub fn parse_request(payload: &[u8]) -> Result<Request<'_>, FrameError> {
             if req.id.is_empty() || req.method.is_empty() {
                 return Err(FrameError {
                     id: (!req.id.is_empty()).then(|| req.id.into_owned()),
-                    error: ErrorShape::invalid("invalid request frame: id and method must be non-empty strings"),
+                    error: ErrorShape::invalid(
+                        "invalid request frame: id and method must be non-empty strings",
+                    ),
                 });
             }
             if req.traceparent.as_ref().is_some_and(|t| t.len() > 128) {
                 return Err(FrameError {
                     id: Some(req.id.into_owned()),
-                    error: ErrorShape::invalid("invalid request frame: traceparent longer than 128"),
+                    error: ErrorShape::invalid(
+                        "invalid request frame: traceparent longer than 128",
+                    ),
                 });
             }
             Ok(req)
@@ -77,7 +81,10 @@ pub fn parse_request(payload: &[u8]) -> Result<Request<'_>, FrameError> {
             } else {
                 format!("invalid request frame: {e}")
             };
-            Err(FrameError { id, error: ErrorShape::invalid(message) })
+            Err(FrameError {
+                id,
+                error: ErrorShape::invalid(message),
+            })
         }
     }
 }
@@ -117,14 +124,20 @@ pub fn encode_err(id: &str, error: &ErrorShape, payload: Option<&Value>) -> Vec<
 /// An event body without its closing brace and `seq`: `{"type":"event","event":…,"payload":…`
 /// (+ `,"stateVersion":…`). Serialized once per broadcast; each socket appends its own
 /// `,"seq":N}` via [`seq_tail`].
-pub fn encode_event_body(event: &str, payload: &Value, state_version: Option<(u64, u64)>) -> Vec<u8> {
+pub fn encode_event_body(
+    event: &str,
+    payload: &Value,
+    state_version: Option<(u64, u64)>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(br#"{"type":"event","event":"#);
     push_json_str(&mut out, event);
     out.extend_from_slice(br#","payload":"#);
     let _ = serde_json::to_writer(&mut out, payload);
     if let Some((presence, health)) = state_version {
-        out.extend_from_slice(format!(r#","stateVersion":{{"presence":{presence},"health":{health}}}"#).as_bytes());
+        out.extend_from_slice(
+            format!(r#","stateVersion":{{"presence":{presence},"health":{health}}}"#).as_bytes(),
+        );
     }
     out
 }
@@ -159,7 +172,8 @@ mod tests {
 
     #[test]
     fn rejects_unknown_top_level_fields_keeping_the_id() {
-        let err = parse_request(br#"{"type":"req","id":"7","method":"health","bogus":1}"#).unwrap_err();
+        let err =
+            parse_request(br#"{"type":"req","id":"7","method":"health","bogus":1}"#).unwrap_err();
         assert_eq!(err.id.as_deref(), Some("7"));
         assert_eq!(err.error.code, "INVALID_REQUEST");
     }
@@ -188,10 +202,16 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        let ok: Value = serde_json::from_slice(&encode_ok("a\"b", &serde_json::json!([1]))).unwrap();
+        let ok: Value =
+            serde_json::from_slice(&encode_ok("a\"b", &serde_json::json!([1]))).unwrap();
         assert_eq!(ok["id"], "a\"b");
         assert_eq!(ok["ok"], true);
-        let err: Value = serde_json::from_slice(&encode_err("x", &ErrorShape::missing_scope("operator.read"), None)).unwrap();
+        let err: Value = serde_json::from_slice(&encode_err(
+            "x",
+            &ErrorShape::missing_scope("operator.read"),
+            None,
+        ))
+        .unwrap();
         assert_eq!(err["error"]["details"]["missingScope"], "operator.read");
         assert!(err.get("payload").is_none());
     }

@@ -101,7 +101,8 @@ impl Shared {
     }
     /// Ready when every worker accepts and shutdown has not begun.
     pub fn ready(&self) -> bool {
-        self.accepting.load(Ordering::Acquire) >= self.opts.workers && !self.shutting_down.load(Ordering::Acquire)
+        self.accepting.load(Ordering::Acquire) >= self.opts.workers
+            && !self.shutting_down.load(Ordering::Acquire)
     }
 }
 
@@ -254,7 +255,12 @@ impl Core {
         let ping_sent = Rc::new(Cell::new(0));
         self.conns.borrow_mut().insert(
             id,
-            ConnEntry { outbox, authority: None, last_seen_ms: last_seen.clone(), ping_sent_ms: ping_sent.clone() },
+            ConnEntry {
+                outbox,
+                authority: None,
+                last_seen_ms: last_seen.clone(),
+                ping_sent_ms: ping_sent.clone(),
+            },
         );
         (id, last_seen, ping_sent)
     }
@@ -278,7 +284,12 @@ impl Core {
 
     /// Try to take a pre-auth slot for `ip` (per-core share of the per-IP budget + global cap).
     pub fn preauth_acquire(&self, ip: IpAddr) -> bool {
-        let per_core = self.shared.opts.preauth_per_ip.div_ceil(self.shared.opts.workers.max(1)).max(1);
+        let per_core = self
+            .shared
+            .opts
+            .preauth_per_ip
+            .div_ceil(self.shared.opts.workers.max(1))
+            .max(1);
         let mut map = self.preauth_by_ip.borrow_mut();
         let n = map.entry(ip).or_insert(0);
         if *n >= per_core {
@@ -306,11 +317,28 @@ impl Core {
     }
 
     /// Publish an event gateway-wide: serialize once, fan out locally, relay once per core.
-    pub fn publish(&self, event: &str, payload: &Value, state_version: Option<(u64, u64)>, scope: Option<&'static str>, droppable: bool) {
-        let b = Arc::new(Broadcast { body: encode_event_body(event, payload, state_version), scope, droppable });
+    pub fn publish(
+        &self,
+        event: &str,
+        payload: &Value,
+        state_version: Option<(u64, u64)>,
+        scope: Option<&'static str>,
+        droppable: bool,
+    ) {
+        let b = Arc::new(Broadcast {
+            body: encode_event_body(event, payload, state_version),
+            scope,
+            droppable,
+        });
         self.fanout_local(&b);
         for to in 0..self.shared.mesh.cores() {
-            if to != self.id && self.shared.mesh.send(self.id, to, MeshMsg::Broadcast(b.clone())).is_err() {
+            if to != self.id
+                && self
+                    .shared
+                    .mesh
+                    .send(self.id, to, MeshMsg::Broadcast(b.clone()))
+                    .is_err()
+            {
                 self.relay_drops.set(self.relay_drops.get() + 1);
             }
         }
@@ -349,7 +377,11 @@ impl Core {
 
     /// Every connection (for shutdown).
     pub fn all_outboxes(&self) -> Vec<Rc<Outbox>> {
-        self.conns.borrow().values().map(|c| c.outbox.clone()).collect()
+        self.conns
+            .borrow()
+            .values()
+            .map(|c| c.outbox.clone())
+            .collect()
     }
 
     /// Handle one message from another core.
@@ -403,11 +435,17 @@ impl Core {
             let rec = Arc::new(rec.clone());
             for to in 0..self.shared.mesh.cores() {
                 if to != self.id {
-                    let _ = self.shared.mesh.send(self.id, to, MeshMsg::DeviceUpsert(rec.clone()));
+                    let _ = self
+                        .shared
+                        .mesh
+                        .send(self.id, to, MeshMsg::DeviceUpsert(rec.clone()));
                 }
             }
         }
-        PairOutcome::Approved { token, issued_at_ms: now }
+        PairOutcome::Approved {
+            token,
+            issued_at_ms: now,
+        }
     }
 
     /// Ask core 0 to pair (direct call when we are core 0).
@@ -416,7 +454,12 @@ impl Core {
             return self.pair_as_owner(&job);
         }
         let slot = ReplySlot::new();
-        if self.shared.mesh.send(self.id, 0, MeshMsg::Pair(Box::new(job), slot.clone())).is_err() {
+        if self
+            .shared
+            .mesh
+            .send(self.id, 0, MeshMsg::Pair(Box::new(job), slot.clone()))
+            .is_err()
+        {
             return PairOutcome::Failed("gateway busy".into());
         }
         slot.wait().await
@@ -428,7 +471,10 @@ impl Core {
         if self.id == 0 {
             self.on_mesh(MeshMsg::PresenceJoin(key, entry));
         } else {
-            let _ = self.shared.mesh.send(self.id, 0, MeshMsg::PresenceJoin(key, entry));
+            let _ = self
+                .shared
+                .mesh
+                .send(self.id, 0, MeshMsg::PresenceJoin(key, entry));
         }
     }
 
@@ -438,7 +484,10 @@ impl Core {
         if self.id == 0 {
             self.on_mesh(MeshMsg::PresenceJoin(key, entry));
         } else {
-            let _ = self.shared.mesh.send(self.id, 0, MeshMsg::PresenceJoin(key, entry));
+            let _ = self
+                .shared
+                .mesh
+                .send(self.id, 0, MeshMsg::PresenceJoin(key, entry));
         }
     }
 
@@ -448,7 +497,10 @@ impl Core {
         if self.id == 0 {
             self.on_mesh(MeshMsg::PresenceLeave(key));
         } else {
-            let _ = self.shared.mesh.send(self.id, 0, MeshMsg::PresenceLeave(key));
+            let _ = self
+                .shared
+                .mesh
+                .send(self.id, 0, MeshMsg::PresenceLeave(key));
         }
     }
 
@@ -464,10 +516,19 @@ impl Core {
         *self.presence.borrow_mut() = snap.clone();
         for to in 0..self.shared.mesh.cores() {
             if to != self.id {
-                let _ = self.shared.mesh.send(self.id, to, MeshMsg::PresenceSnapshot(snap.clone()));
+                let _ = self
+                    .shared
+                    .mesh
+                    .send(self.id, to, MeshMsg::PresenceSnapshot(snap.clone()));
             }
         }
         let payload = serde_json::json!({ "presence": snap.entries });
-        self.publish("presence", &payload, Some((version, self.health_version.get())), None, true);
+        self.publish(
+            "presence",
+            &payload,
+            Some((version, self.health_version.get())),
+            None,
+            true,
+        );
     }
 }

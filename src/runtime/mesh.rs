@@ -29,7 +29,9 @@ impl<M: Send> Mesh<M> {
         let n = n.max(1);
         Arc::new(Self {
             n,
-            queues: (0..n * n).map(|_| ArrayQueue::new(QUEUE_CAPACITY)).collect(),
+            queues: (0..n * n)
+                .map(|_| ArrayQueue::new(QUEUE_CAPACITY))
+                .collect(),
             wakers: (0..n).map(|_| AtomicWaker::new()).collect(),
         })
     }
@@ -41,7 +43,9 @@ impl<M: Send> Mesh<M> {
 
     /// Send `msg` from core `from` to core `to`. `Err(msg)` when that queue is full.
     pub fn send(&self, from: usize, to: usize, msg: M) -> Result<(), M> {
-        let Some(q) = self.queues.get(from * self.n + to) else { return Err(msg) };
+        let Some(q) = self.queues.get(from * self.n + to) else {
+            return Err(msg);
+        };
         q.push(msg)?;
         if let Some(w) = self.wakers.get(to) {
             w.wake();
@@ -98,7 +102,9 @@ mod tests {
                 while m2.send(0, 1, i).is_err() {}
             }
         });
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
         let got = rt.block_on(async {
             let mut all = Vec::new();
             while all.len() < 100 {

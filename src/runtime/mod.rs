@@ -42,15 +42,23 @@ pub fn choose_driver(forced: Option<Driver>) -> Driver {
 
 /// Bind `workers` listeners on one address with SO_REUSEPORT; port 0 resolves once (the
 /// first bind) and the others join that port.
-pub fn bind_listeners(addr: SocketAddr, workers: usize) -> anyhow::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+pub fn bind_listeners(
+    addr: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     let mut out = Vec::with_capacity(workers);
     let mut addr = addr;
     for _ in 0..workers.max(1) {
-        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
         sock.set_reuse_address(true)?;
         sock.set_reuse_port(true)?;
         sock.set_nodelay(true)?;
-        sock.bind(&addr.into()).with_context(|| format!("cannot bind {addr}"))?;
+        sock.bind(&addr.into())
+            .with_context(|| format!("cannot bind {addr}"))?;
         sock.listen(4096)?;
         sock.set_nonblocking(true)?;
         let l: std::net::TcpListener = sock.into();
@@ -90,10 +98,21 @@ impl Running {
 }
 
 /// Start the workers. Returns once every listener is bound (readiness follows shortly).
-pub fn start(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>, addr: SocketAddr, driver: Driver) -> anyhow::Result<Running> {
-    let devices = DeviceRegistry::load(&shared.config.paths.state_dir)
-        .with_context(|| format!("cannot load paired devices from {}", shared.config.paths.state_dir.display()))?;
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+pub fn start(
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    addr: SocketAddr,
+    driver: Driver,
+) -> anyhow::Result<Running> {
+    let devices = DeviceRegistry::load(&shared.config.paths.state_dir).with_context(|| {
+        format!(
+            "cannot load paired devices from {}",
+            shared.config.paths.state_dir.display()
+        )
+    })?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut threads = Vec::new();
     for (id, l) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
@@ -123,7 +142,11 @@ pub fn start(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>, addr: S
             .context("cannot spawn worker thread")?;
         threads.push(t);
     }
-    Ok(Running { addr, shared, threads })
+    Ok(Running {
+        addr,
+        shared,
+        threads,
+    })
 }
 
 async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, devices: DeviceRegistry) {
@@ -156,7 +179,11 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
     shared.accepting.fetch_sub(1, Ordering::AcqRel);
     stop.set(true);
     drop(accept);
-    let bye = crate::protocol::frames::encode_event_body("shutdown", &serde_json::json!({"reason": "gateway shutting down"}), None);
+    let bye = crate::protocol::frames::encode_event_body(
+        "shutdown",
+        &serde_json::json!({"reason": "gateway shutting down"}),
+        None,
+    );
     core.for_each_authed(|c| {
         let _ = c.outbox.push_event(&bye, false);
     });
@@ -170,7 +197,11 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
     }
 }
 
-async fn accept_loop(core: Rc<Core>, listener: Rc<monoio::net::TcpListener>, stop: Rc<std::cell::Cell<bool>>) {
+async fn accept_loop(
+    core: Rc<Core>,
+    listener: Rc<monoio::net::TcpListener>,
+    stop: Rc<std::cell::Cell<bool>>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -192,7 +223,10 @@ async fn accept_loop(core: Rc<Core>, listener: Rc<monoio::net::TcpListener>, sto
 async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
     let every = Duration::from_millis(core.shared.opts.tick_interval_ms.max(10));
     // Ping checks run more often than ticks so a dead peer is found within the pong window.
-    let check = every.min(Duration::from_millis(core.shared.opts.pong_timeout_ms.max(10) / 2).max(Duration::from_millis(10)));
+    let check = every.min(
+        Duration::from_millis(core.shared.opts.pong_timeout_ms.max(10) / 2)
+            .max(Duration::from_millis(10)),
+    );
     let mut last_tick = std::time::Instant::now();
     loop {
         monoio::time::sleep(check).await;
@@ -203,7 +237,11 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
         let pong_window = i64::try_from(core.shared.opts.pong_timeout_ms).unwrap_or(i64::MAX);
         let tick_due = last_tick.elapsed() >= every;
         let tick_body = tick_due.then(|| {
-            crate::protocol::frames::encode_event_body("tick", &serde_json::json!({ "ts": core::now_ms() }), None)
+            crate::protocol::frames::encode_event_body(
+                "tick",
+                &serde_json::json!({ "ts": core::now_ms() }),
+                None,
+            )
         });
         if tick_due {
             last_tick = std::time::Instant::now();
@@ -219,7 +257,9 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
                 let _ = c.outbox.push_event(body, true);
                 if sent == 0 || c.last_seen_ms.get() >= sent {
                     c.ping_sent_ms.set(now.max(1));
-                    let _ = c.outbox.push_frame(crate::transport::ws::codec::OpCode::Ping, b"");
+                    let _ = c
+                        .outbox
+                        .push_frame(crate::transport::ws::codec::OpCode::Ping, b"");
                 }
             }
         });

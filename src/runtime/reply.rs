@@ -16,7 +16,10 @@ pub struct ReplySlot<T> {
 impl<T> ReplySlot<T> {
     /// A fresh slot.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { value: ArrayQueue::new(1), waker: AtomicWaker::new() })
+        Arc::new(Self {
+            value: ArrayQueue::new(1),
+            waker: AtomicWaker::new(),
+        })
     }
     /// Deliver the reply (a second send is ignored).
     pub fn send(&self, v: T) {

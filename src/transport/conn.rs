@@ -10,7 +10,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut as _;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedWriteHalf, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedWriteHalf,
+    Splitable,
+};
 use monoio::net::TcpStream;
 use serde_json::json;
 
@@ -36,7 +39,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Serve one accepted connection.
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     let mut buf: Vec<u8> = Vec::with_capacity(IDLE_READ_BUF);
-    let first_deadline = Instant::now() + Duration::from_millis(core.shared.opts.handshake_timeout_ms);
+    let first_deadline =
+        Instant::now() + Duration::from_millis(core.shared.opts.handshake_timeout_ms);
     let mut first = true;
     loop {
         // Read one request head.
@@ -45,18 +49,34 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 Parsed::Complete(h, n) => break (h, n),
                 Parsed::Partial => {}
                 Parsed::Malformed => {
-                    let _ = stream.write_all(http::json_response(400, &json!({"error":"bad request"}), false)).await;
+                    let _ = stream
+                        .write_all(http::json_response(
+                            400,
+                            &json!({"error":"bad request"}),
+                            false,
+                        ))
+                        .await;
                     return;
                 }
                 Parsed::TooLarge => {
-                    let _ = stream.write_all(http::json_response(431, &json!({"error":"request header fields too large"}), false)).await;
+                    let _ = stream
+                        .write_all(http::json_response(
+                            431,
+                            &json!({"error":"request header fields too large"}),
+                            false,
+                        ))
+                        .await;
                     return;
                 }
             }
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(buf.capacity().max(1024));
             }
-            let wait = if first { first_deadline.saturating_duration_since(Instant::now()) } else { HTTP_IDLE };
+            let wait = if first {
+                first_deadline.saturating_duration_since(Instant::now())
+            } else {
+                HTTP_IDLE
+            };
             let len = buf.len();
             let cap = buf.capacity();
             let read = monoio::time::timeout(wait, stream.read(buf.slice_mut(len..cap))).await;
@@ -71,12 +91,18 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         if head.forwarded && core.shared.config.gateway.trusted_proxies.is_empty() {
             // The real gateway refuses forwarded requests from untrusted proxies.
             let _ = stream
-                .write_all(http::json_response(403, &json!({"error":"forwarded headers from an untrusted proxy"}), false))
+                .write_all(http::json_response(
+                    403,
+                    &json!({"error":"forwarded headers from an untrusted proxy"}),
+                    false,
+                ))
                 .await;
             return;
         }
         if let Some(reason) = head.bad_upgrade {
-            let _ = stream.write_all(http::json_response(400, &json!({"error": reason}), false)).await;
+            let _ = stream
+                .write_all(http::json_response(400, &json!({"error": reason}), false))
+                .await;
             return;
         }
         if let Some(key) = head.ws_key.clone() {
@@ -84,7 +110,11 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             let echo = core.shared.opts.ws_echo && head.path == "/__echo";
             if !echo && !core.preauth_acquire(peer.ip()) {
                 let _ = stream
-                    .write_all(http::json_response(503, &json!({"error":"too many unauthenticated connections"}), false))
+                    .write_all(http::json_response(
+                        503,
+                        &json!({"error":"too many unauthenticated connections"}),
+                        false,
+                    ))
                     .await;
                 return;
             }
@@ -101,7 +131,13 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         }
         // Plain HTTP request.
         if head.chunked || head.content_length > 64 * 1024 {
-            let _ = stream.write_all(http::json_response(413, &json!({"error":"request body not accepted"}), false)).await;
+            let _ = stream
+                .write_all(http::json_response(
+                    413,
+                    &json!({"error":"request body not accepted"}),
+                    false,
+                ))
+                .await;
             return;
         }
         let keep_alive = !head.close;
@@ -112,7 +148,9 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             buf.reserve(total - buf.len());
             let len = buf.len();
             let cap = buf.capacity();
-            let Ok((res, slice)) = monoio::time::timeout(HTTP_IDLE, stream.read(buf.slice_mut(len..cap))).await else {
+            let Ok((res, slice)) =
+                monoio::time::timeout(HTTP_IDLE, stream.read(buf.slice_mut(len..cap))).await
+            else {
                 return;
             };
             buf = slice.into_inner();
@@ -135,18 +173,37 @@ fn route(core: &Core, method: &str, path: &str, keep_alive: bool) -> Vec<u8> {
     match path {
         "/health" | "/healthz" => {
             if method != "GET" && method != "HEAD" {
-                return http::json_response(405, &json!({"error":"method not allowed"}), keep_alive);
+                return http::json_response(
+                    405,
+                    &json!({"error":"method not allowed"}),
+                    keep_alive,
+                );
             }
             http::json_response(200, &json!({"ok": true, "status": "live"}), keep_alive)
         }
         "/ready" | "/readyz" => {
             if method != "GET" && method != "HEAD" {
-                return http::json_response(405, &json!({"error":"method not allowed"}), keep_alive);
+                return http::json_response(
+                    405,
+                    &json!({"error":"method not allowed"}),
+                    keep_alive,
+                );
             }
             let ready = core.shared.ready();
-            let accepting = core.shared.accepting.load(std::sync::atomic::Ordering::Acquire);
-            let failing: Vec<String> = if ready { vec![] } else { vec![format!("workers accepting {}/{}", accepting, core.shared.opts.workers)] };
-            let body = json!({"ready": ready, "failing": failing, "uptimeMs": core.shared.uptime_ms()});
+            let accepting = core
+                .shared
+                .accepting
+                .load(std::sync::atomic::Ordering::Acquire);
+            let failing: Vec<String> = if ready {
+                vec![]
+            } else {
+                vec![format!(
+                    "workers accepting {}/{}",
+                    accepting, core.shared.opts.workers
+                )]
+            };
+            let body =
+                json!({"ready": ready, "failing": failing, "uptimeMs": core.shared.uptime_ms()});
             http::json_response(if ready { 200 } else { 503 }, &body, keep_alive)
         }
         _ => http::json_response(404, &json!({"error":"not found"}), keep_alive),
@@ -192,7 +249,14 @@ async fn ws_session(
     let (mut rd, wr) = stream.into_split();
     let writer = monoio::spawn(writer_task(wr, outbox.clone()));
     let (conn_id, last_seen, _ping) = core.add_conn(outbox.clone());
-    let mut dec = Decoder::new(Role::Server, if echo { MAX_PAYLOAD } else { MAX_PREAUTH_PAYLOAD });
+    let mut dec = Decoder::new(
+        Role::Server,
+        if echo {
+            MAX_PAYLOAD
+        } else {
+            MAX_PREAUTH_PAYLOAD
+        },
+    );
     let mut session = Session::new(core.clone(), conn_id, peer, local, outbox.clone());
     let mut preauth = !echo;
     if !echo {
@@ -261,7 +325,9 @@ async fn ws_session(
         if buf.is_empty() && buf.capacity() > 8 * IDLE_READ_BUF && dec.wanted() == 0 {
             buf = Vec::with_capacity(IDLE_READ_BUF);
         }
-        if buf.capacity() - buf.len() < want.min(IDLE_READ_BUF) || (dec.wanted() > 0 && buf.capacity() - buf.len() < want) {
+        if buf.capacity() - buf.len() < want.min(IDLE_READ_BUF)
+            || (dec.wanted() > 0 && buf.capacity() - buf.len() < want)
+        {
             buf.reserve(want);
         }
         let timeout = if let Some(at) = close_sent_at {
@@ -271,7 +337,9 @@ async fn ws_session(
         } else {
             None
         };
-        let Some(handle) = outbox.cancel_handle() else { break };
+        let Some(handle) = outbox.cancel_handle() else {
+            break;
+        };
         let len = buf.len();
         let cap = buf.capacity();
         let read = rd.cancelable_read(buf.slice_mut(len..cap), handle);

@@ -65,7 +65,11 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() >= MAX_HEAD_BYTES { Parsed::TooLarge } else { Parsed::Partial };
+            return if buf.len() >= MAX_HEAD_BYTES {
+                Parsed::TooLarge
+            } else {
+                Parsed::Partial
+            };
         }
         Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
         Err(_) => return Parsed::Malformed,
@@ -105,7 +109,10 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
             }
             conn_upgrade |= has_token(h.value, "upgrade");
         } else if name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value).ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+            match std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+            {
                 Some(n) => head.content_length = n,
                 None => return Parsed::Malformed,
             }
@@ -121,7 +128,9 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             ws_version_ok = h.value == b"13";
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            key = std::str::from_utf8(h.value).ok().map(|s| s.trim().to_string());
+            key = std::str::from_utf8(h.value)
+                .ok()
+                .map(|s| s.trim().to_string());
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = std::str::from_utf8(h.value).ok().map(str::to_string);
         } else if name.eq_ignore_ascii_case("host") {
@@ -130,7 +139,10 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
     }
     if upgrade_ws {
         let key_ok = key.as_deref().is_some_and(|k| {
-            base64::engine::general_purpose::STANDARD.decode(k).map(|b| b.len() == 16).unwrap_or(false)
+            base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .map(|b| b.len() == 16)
+                .unwrap_or(false)
         });
         head.bad_upgrade = if head.method != "GET" || !head.http11 {
             Some("websocket upgrade requires GET over HTTP/1.1")
@@ -209,13 +221,18 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc6455_example() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzO99cK4xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzO99cK4xOo="
+        );
     }
 
     #[test]
     fn parses_upgrade_and_flags_forwarding() {
         let req = b"GET /?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
-        let Parsed::Complete(h, n) = parse_head(req) else { panic!("incomplete") };
+        let Parsed::Complete(h, n) = parse_head(req) else {
+            panic!("incomplete")
+        };
         assert_eq!(n, req.len());
         assert_eq!(h.path, "/");
         assert!(h.forwarded);
@@ -225,10 +242,18 @@ mod tests {
     #[test]
     fn bad_upgrade_and_malformed_and_too_large() {
         let req = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        let Parsed::Complete(h, _) = parse_head(req) else { panic!() };
+        let Parsed::Complete(h, _) = parse_head(req) else {
+            panic!()
+        };
         assert!(h.bad_upgrade.is_some());
-        assert!(matches!(parse_head(b"GARBAGE\x01\r\n\r\n"), Parsed::Malformed));
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n"), Parsed::Partial));
+        assert!(matches!(
+            parse_head(b"GARBAGE\x01\r\n\r\n"),
+            Parsed::Malformed
+        ));
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Parsed::Partial
+        ));
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(MAX_HEAD_BYTES + 10, b'a');
         assert!(matches!(parse_head(&big), Parsed::TooLarge));

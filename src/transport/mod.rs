@@ -2,7 +2,7 @@
 //!
 //! Owns: bytes in and bytes out. Must not touch: auth decisions, method semantics.
 
-pub mod ws;
 pub mod conn;
 pub mod http;
 pub mod outbox;
+pub mod ws;

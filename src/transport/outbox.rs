@@ -39,7 +39,10 @@ pub struct Budget {
 
 impl Default for Budget {
     fn default() -> Self {
-        Self { max_buffered: 50 * 1024 * 1024, drop_threshold: 1024 * 1024 }
+        Self {
+            max_buffered: 50 * 1024 * 1024,
+            drop_threshold: 1024 * 1024,
+        }
     }
 }
 

@@ -24,7 +24,10 @@ pub struct Gateway {
 pub fn temp_dir(tag: &str) -> PathBuf {
     let mut r = [0u8; 8];
     getrandom::getrandom(&mut r).unwrap();
-    let d = std::env::temp_dir().join(format!("clawgate-test-{tag}-{}", r.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    let d = std::env::temp_dir().join(format!(
+        "clawgate-test-{tag}-{}",
+        r.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -40,13 +43,23 @@ pub struct Opts<'a> {
 
 impl Default for Opts<'_> {
     fn default() -> Self {
-        Self { driver: "uring", extra: vec![], token: Some("test-token-123"), config: None, env: vec![], home: None }
+        Self {
+            driver: "uring",
+            extra: vec![],
+            token: Some("test-token-123"),
+            config: None,
+            env: vec![],
+            home: None,
+        }
     }
 }
 
 impl Gateway {
     pub fn start(driver: &str) -> Self {
-        Self::start_with(Opts { driver, ..Opts::default() })
+        Self::start_with(Opts {
+            driver,
+            ..Opts::default()
+        })
     }
 
     pub fn start_with(o: Opts<'_>) -> Self {
@@ -57,12 +70,25 @@ impl Gateway {
             std::fs::write(state_dir.join("openclaw.json"), cfg).unwrap();
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawgate"));
-        cmd.args(["gateway", "run", "--port", "0", "--workers", "2", "--driver", o.driver]);
+        cmd.args([
+            "gateway",
+            "run",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--driver",
+            o.driver,
+        ]);
         if let Some(t) = o.token {
             cmd.args(["--token", t]);
         }
         cmd.args(&o.extra);
-        cmd.env("HOME", &home).env_remove("OPENCLAW_GATEWAY_TOKEN").env_remove("OPENCLAW_STATE_DIR").env_remove("OPENCLAW_CONFIG_PATH").env_remove("OPENCLAW_GATEWAY_PORT");
+        cmd.env("HOME", &home)
+            .env_remove("OPENCLAW_GATEWAY_TOKEN")
+            .env_remove("OPENCLAW_STATE_DIR")
+            .env_remove("OPENCLAW_CONFIG_PATH")
+            .env_remove("OPENCLAW_GATEWAY_PORT");
         for (k, v) in &o.env {
             cmd.env(k, v);
         }
@@ -77,7 +103,13 @@ impl Gateway {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no listening line from gateway: {line:?}"));
-        let g = Self { child: Some(child), port, token: o.token.unwrap_or("").to_string(), home, state_dir };
+        let g = Self {
+            child: Some(child),
+            port,
+            token: o.token.unwrap_or("").to_string(),
+            home,
+            state_dir,
+        };
         g.wait_ready();
         g
     }
@@ -100,10 +132,16 @@ impl Gateway {
     }
 
     /// One HTTP/1.1 request (Connection: close); returns status and body.
-    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -117,7 +155,10 @@ impl Gateway {
     }
 
     pub fn opts(&self) -> ConnectOptions {
-        ConnectOptions { token: Some(self.token.clone()), ..ConnectOptions::default() }
+        ConnectOptions {
+            token: Some(self.token.clone()),
+            ..ConnectOptions::default()
+        }
     }
 
     pub fn connect(&self, scopes: &[&str]) -> Client {
@@ -131,7 +172,9 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
@@ -165,8 +208,14 @@ pub fn real_cli() -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!("CI=true but the real openclaw CLI is missing at {} (run scripts/setup-test-peers.sh)", p.display());
+        panic!(
+            "CI=true but the real openclaw CLI is missing at {} (run scripts/setup-test-peers.sh)",
+            p.display()
+        );
     }
-    eprintln!("SKIP: real openclaw CLI not installed at {} (run scripts/setup-test-peers.sh)", p.display());
+    eprintln!(
+        "SKIP: real openclaw CLI not installed at {} (run scripts/setup-test-peers.sh)",
+        p.display()
+    );
     None
 }

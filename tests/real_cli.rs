@@ -1,0 +1,176 @@
+//! The real OpenClaw CLI (npm `openclaw@2026.9.6`, installed by scripts/setup-test-peers.sh)
+//! against clawgate. Under CI=true a missing CLI fails these tests instead of skipping them.
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use support::{real_cli, temp_dir, Gateway};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(cli: &Path, home: &Path, args: &[&str]) -> Out {
+    let o = Command::new(cli)
+        .args(args)
+        .env("HOME", home)
+        .env_remove("OPENCLAW_GATEWAY_TOKEN")
+        .env_remove("OPENCLAW_STATE_DIR")
+        .env_remove("OPENCLAW_CONFIG_PATH")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run openclaw");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&o.stderr).to_string(),
+    }
+}
+
+fn json_of(o: &Out) -> Value {
+    let s = o.stdout.trim();
+    let start = s.find(['{', '[']).unwrap_or(0);
+    serde_json::from_str(&s[start..])
+        .unwrap_or_else(|e| panic!("not JSON ({e}): stdout={} stderr={}", o.stdout, o.stderr))
+}
+
+#[test]
+fn real_cli_gateway_calls_succeed() {
+    let Some(cli) = real_cli() else { return };
+    let g = Gateway::start("uring");
+    let url = g.url();
+    let home = temp_dir("cli-home");
+    for method in [
+        "health",
+        "status",
+        "system-presence",
+        "sessions.list",
+        "config.get",
+        "models.list",
+        "agents.list",
+    ] {
+        let o = run(
+            &cli,
+            &home,
+            &[
+                "gateway", "call", method, "--url", &url, "--token", &g.token, "--json",
+            ],
+        );
+        assert_eq!(
+            o.code, 0,
+            "{method}: stdout={} stderr={}",
+            o.stdout, o.stderr
+        );
+        let v = json_of(&o);
+        match method {
+            "health" => assert_eq!(v["ok"], true),
+            "system-presence" => assert!(v
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["mode"] == "gateway"))),
+            "sessions.list" => assert!(v["sessions"].is_array()),
+            "models.list" => assert!(v["models"].is_array()),
+            "agents.list" => assert!(v["agents"].is_array()),
+            "config.get" => assert!(v.get("hash").is_some()),
+            _ => assert!(v.is_object()),
+        }
+    }
+}
+
+#[test]
+fn real_cli_health_and_probe_succeed() {
+    let Some(cli) = real_cli() else { return };
+    let g = Gateway::start("uring");
+    let url = g.url();
+    let home = temp_dir("cli-home");
+    let o = run(
+        &cli,
+        &home,
+        &["gateway", "health", "--url", &url, "--token", &g.token],
+    );
+    assert_eq!(o.code, 0, "health: stdout={} stderr={}", o.stdout, o.stderr);
+    let o = run(
+        &cli,
+        &home,
+        &["gateway", "probe", "--url", &url, "--token", &g.token],
+    );
+    assert_eq!(o.code, 0, "probe: stdout={} stderr={}", o.stdout, o.stderr);
+    let o = run(
+        &cli,
+        &home,
+        &[
+            "gateway",
+            "call",
+            "health",
+            "--url",
+            &url,
+            "--token",
+            "wrong-token",
+            "--json",
+        ],
+    );
+    assert_ne!(o.code, 0, "a wrong token must fail: {}", o.stdout);
+    assert!(
+        format!("{}{}", o.stdout, o.stderr).contains("token mismatch"),
+        "{} {}",
+        o.stdout,
+        o.stderr
+    );
+}
+
+#[test]
+fn real_cli_signed_device_connect_pairs_and_reconnects_with_its_device_token() {
+    let Some(cli) = real_cli() else { return };
+    let g = Gateway::start("uring");
+    let url = g.url();
+    let home = temp_dir("cli-home");
+    // --password makes the CLI sign a device identity (the gateway is in token mode; the
+    // shared secret arrives in the password field, which token mode accepts).
+    let o = run(
+        &cli,
+        &home,
+        &[
+            "gateway",
+            "call",
+            "status",
+            "--url",
+            &url,
+            "--password",
+            &g.token,
+            "--json",
+        ],
+    );
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+    let paired = std::fs::read_to_string(g.state_dir.join("devices/paired.json"))
+        .expect("pairing persisted");
+    let reg: Value = serde_json::from_str(&paired).unwrap();
+    assert_eq!(reg["devices"].as_array().map(Vec::len), Some(1), "{paired}");
+    // The CLI stored the issued device token; a second call (scope upgrade to pairing) reuses
+    // the same identity.
+    let o = run(
+        &cli,
+        &home,
+        &[
+            "gateway",
+            "call",
+            "device.pair.list",
+            "--url",
+            &url,
+            "--password",
+            &g.token,
+            "--json",
+        ],
+    );
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+    let v = json_of(&o);
+    assert_eq!(v["paired"].as_array().map(Vec::len), Some(1), "{v}");
+    let scopes = v["paired"][0]["scopes"].as_array().unwrap().clone();
+    assert!(
+        scopes.iter().any(|s| s == "operator.pairing")
+            && scopes.iter().any(|s| s == "operator.read"),
+        "{scopes:?}"
+    );
+}
