@@ -61,7 +61,11 @@ impl Ctx {
         }
     }
     fn token_auth(&self, scopes: &[&str]) -> AuthSpec {
-        AuthSpec { token: self.token.clone(), scopes: scopes.iter().map(|s| s.to_string()).collect(), device: None }
+        AuthSpec {
+            token: self.token.clone(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            device: None,
+        }
     }
     fn tag(&self) -> String {
         format!("[child {}]", self.index)
@@ -87,8 +91,10 @@ impl Setup {
 }
 
 fn retryable(e: &LoadError) -> bool {
-    matches!(e, LoadError::Http(503) | LoadError::Timeout(_) | LoadError::Eof | LoadError::BadHttp)
-        || matches!(e, LoadError::Io(_, io) if matches!(io.raw_os_error(), Some(libc::ECONNRESET) | Some(libc::EPIPE) | Some(libc::ECONNREFUSED)))
+    matches!(
+        e,
+        LoadError::Http(503) | LoadError::Timeout(_) | LoadError::Eof | LoadError::BadHttp
+    ) || matches!(e, LoadError::Io(_, io) if matches!(io.raw_os_error(), Some(libc::ECONNRESET) | Some(libc::EPIPE) | Some(libc::ECONNREFUSED)))
 }
 
 /// Open `n` authenticated connections with `ctx.setup_concurrency` handshakes in flight;
@@ -135,7 +141,15 @@ where
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match ws::connect(&ctx.target, ctx.src(k + attempt as usize - 1), &auth, ctx.timeout, &mut rng).await {
+                    match ws::connect(
+                        &ctx.target,
+                        ctx.src(k + attempt as usize - 1),
+                        &auth,
+                        ctx.timeout,
+                        &mut rng,
+                    )
+                    .await
+                    {
                         Ok((c, hello, took)) => {
                             sh.hist.borrow_mut().record(took.as_micros() as u64);
                             let c_ok = sh.connected.get() + 1;
@@ -149,7 +163,9 @@ where
                         }
                         Err(e) if attempt < ctx.setup_attempts && retryable(&e) => {
                             sh.retries.borrow_mut().add(e.kind());
-                            let back = Duration::from_millis((10 * u64::from(attempt)).min(500) + rng.next_u64() % 20);
+                            let back = Duration::from_millis(
+                                (10 * u64::from(attempt)).min(500) + rng.next_u64() % 20,
+                            );
                             monoio::time::sleep(back).await;
                         }
                         Err(e) => {
@@ -175,7 +191,13 @@ where
         secs: start.elapsed().as_secs_f64(),
         hist: sh.hist.borrow().clone(),
     };
-    eprintln!("{} setup: {} connected, {} failed in {:.1}s", ctx.tag(), out.connected, out.failed, out.secs);
+    eprintln!(
+        "{} setup: {} connected, {} failed in {:.1}s",
+        ctx.tag(),
+        out.connected,
+        out.failed,
+        out.secs
+    );
     out
 }
 
@@ -295,23 +317,32 @@ pub async fn hold(ctx: Rc<Ctx>, conns: usize) {
     }
     let st = Rc::new(St::default());
     let st2 = st.clone();
-    let setup = establish(&ctx, n, ctx.token_auth(&["operator.read"]), move |_k, mut c, _h| {
-        let st = st2.clone();
-        async move {
-            while phase() < 1 {
-                let r = c.pump_for(Duration::from_secs(1), &mut |_| st.events.set(st.events.get() + 1)).await;
-                if let Err(e) = r {
-                    st.lost.borrow_mut().add(e.kind());
-                    return;
+    let setup = establish(
+        &ctx,
+        n,
+        ctx.token_auth(&["operator.read"]),
+        move |_k, mut c, _h| {
+            let st = st2.clone();
+            async move {
+                while phase() < 1 {
+                    let r = c
+                        .pump_for(Duration::from_secs(1), &mut |_| {
+                            st.events.set(st.events.get() + 1)
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        st.lost.borrow_mut().add(e.kind());
+                        return;
+                    }
+                }
+                match c.close(Duration::from_secs(3)).await {
+                    Ok(true) => st.close_ok.set(st.close_ok.get() + 1),
+                    Ok(false) => st.close_err.borrow_mut().add("close_timeout"),
+                    Err(e) => st.close_err.borrow_mut().add(e.kind()),
                 }
             }
-            match c.close(Duration::from_secs(3)).await {
-                Ok(true) => st.close_ok.set(st.close_ok.get() + 1),
-                Ok(false) => st.close_err.borrow_mut().add("close_timeout"),
-                Err(e) => st.close_err.borrow_mut().add(e.kind()),
-            }
-        }
-    })
+        },
+    )
     .await;
     let mut ready = setup.json();
     ready["loadgen_rss_kb"] = json!(self_rss_kb());
@@ -538,7 +569,8 @@ impl SubView {
                 st.gaps.set(st.gaps.get() + (s - self.last_seq - 1));
                 st.gap_events.set(st.gap_events.get() + 1);
                 if !self.slow && phase() >= ph::RUN_B {
-                    st.gaps_b_fast.set(st.gaps_b_fast.get() + (s - self.last_seq - 1));
+                    st.gaps_b_fast
+                        .set(st.gaps_b_fast.get() + (s - self.last_seq - 1));
                 }
             } else if s <= self.last_seq {
                 st.seq_regressions.set(st.seq_regressions.get() + 1);
@@ -601,12 +633,23 @@ fn is_slow(k: usize, frac: f64) -> bool {
 async fn subscriber(st: Rc<FanSt>, o: Rc<FanOpts>, k: usize, mut c: Conn, hello: Hello) {
     let slow = is_slow(k, o.slow_fraction);
     let words = ((2 * o.events).div_ceil(64)) as usize;
-    let mut v = SubView { slow, e: o.events, last_seq: hello.seq, got_a: 0, got_b: 0, seen: vec![0; words], detecting: false };
+    let mut v = SubView {
+        slow,
+        e: o.events,
+        last_seq: hello.seq,
+        got_a: 0,
+        got_b: 0,
+        seen: vec![0; words],
+        detecting: false,
+    };
     if slow {
         // Read through run A (baseline) only, then stop reading entirely.
         if o.run_a {
             while v.got_a < o.events && phase() < ph::A_DONE {
-                if let Err(e) = c.pump_for(Duration::from_millis(500), &mut |t| v.on_text(&st, t)).await {
+                if let Err(e) = c
+                    .pump_for(Duration::from_millis(500), &mut |t| v.on_text(&st, t))
+                    .await
+                {
                     st.lost.borrow_mut().add(format!("slow_a_{}", e.kind()));
                     st.dead.set(st.dead.get() + 1);
                     st.slow_stopped.set(st.slow_stopped.get() + 1);
@@ -626,7 +669,10 @@ async fn subscriber(st: Rc<FanSt>, o: Rc<FanOpts>, k: usize, mut c: Conn, hello:
                 st.slow_alive.set(st.slow_alive.get() + 1);
                 break;
             }
-            match c.pump_for(Duration::from_secs(1), &mut |t| v.on_text(&st, t)).await {
+            match c
+                .pump_for(Duration::from_secs(1), &mut |t| v.on_text(&st, t))
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     st.slow_alive.set(st.slow_alive.get() + 1);
@@ -637,7 +683,9 @@ async fn subscriber(st: Rc<FanSt>, o: Rc<FanOpts>, k: usize, mut c: Conn, hello:
                     break;
                 }
                 Err(e) => {
-                    st.slow_closed.borrow_mut().add(format!("other_{}", e.kind()));
+                    st.slow_closed
+                        .borrow_mut()
+                        .add(format!("other_{}", e.kind()));
                     break;
                 }
             }
@@ -647,7 +695,10 @@ async fn subscriber(st: Rc<FanSt>, o: Rc<FanOpts>, k: usize, mut c: Conn, hello:
         return;
     }
     while phase() < ph::END {
-        if let Err(e) = c.pump_for(Duration::from_millis(500), &mut |t| v.on_text(&st, t)).await {
+        if let Err(e) = c
+            .pump_for(Duration::from_millis(500), &mut |t| v.on_text(&st, t))
+            .await
+        {
             st.lost.borrow_mut().add(e.kind());
             st.dead.set(st.dead.get() + 1);
             st.dead_fast.set(st.dead_fast.get() + 1);
@@ -676,42 +727,71 @@ pub async fn fan(ctx: Rc<Ctx>, o: FanOpts) {
     let st = Rc::new(FanSt::default());
     let o = Rc::new(o);
     let (st2, o2) = (st.clone(), o.clone());
-    let setup = establish(&ctx, n, ctx.token_auth(&["operator.read"]), move |k, c, h| {
-        let (st, o) = (st2.clone(), o2.clone());
-        if is_slow(k, o.slow_fraction) {
-            st.n_slow.set(st.n_slow.get() + 1);
-        } else {
-            st.n_fast.set(st.n_fast.get() + 1);
-        }
-        subscriber(st, o, k, c, h)
-    })
+    let setup = establish(
+        &ctx,
+        n,
+        ctx.token_auth(&["operator.read"]),
+        move |k, c, h| {
+            let (st, o) = (st2.clone(), o2.clone());
+            if is_slow(k, o.slow_fraction) {
+                st.n_slow.set(st.n_slow.get() + 1);
+            } else {
+                st.n_fast.set(st.n_fast.get() + 1);
+            }
+            subscriber(st, o, k, c, h)
+        },
+    )
     .await;
     let rss_ready = self_rss_kb();
-    ipc::sync("ready", &json!({"setup": setup.json(), "slow": st.n_slow.get(), "fast": st.n_fast.get(), "loadgen_rss_kb": rss_ready}));
+    ipc::sync(
+        "ready",
+        &json!({"setup": setup.json(), "slow": st.n_slow.get(), "fast": st.n_fast.get(), "loadgen_rss_kb": rss_ready}),
+    );
     let connected = setup.connected;
     if o.run_a {
         wait_phase(ph::RUN_A).await;
         let s = st.clone();
-        if wait_until(move || s.done_a.get() + s.dead.get() >= connected || phase() >= ph::A_DONE, Duration::from_secs(3600)).await {
+        if wait_until(
+            move || s.done_a.get() + s.dead.get() >= connected || phase() >= ph::A_DONE,
+            Duration::from_secs(3600),
+        )
+        .await
+        {
             ipc::sync("a-complete", &json!({"recv": st.recv_a.get()}));
         }
         wait_phase(ph::A_DONE).await;
         if o.run_b {
             let s = st.clone();
-            wait_until(move || s.slow_stopped.get() >= s.n_slow.get(), Duration::from_secs(5)).await;
+            wait_until(
+                move || s.slow_stopped.get() >= s.n_slow.get(),
+                Duration::from_secs(5),
+            )
+            .await;
             ipc::sync("a-stopped", &json!({"slow_stopped": st.slow_stopped.get()}));
         }
     }
     if o.run_b {
         wait_phase(ph::RUN_B).await;
         let s = st.clone();
-        if wait_until(move || s.done_b.get() + s.dead_fast.get() >= s.n_fast.get() || phase() >= ph::B_DONE, Duration::from_secs(3600)).await {
+        if wait_until(
+            move || s.done_b.get() + s.dead_fast.get() >= s.n_fast.get() || phase() >= ph::B_DONE,
+            Duration::from_secs(3600),
+        )
+        .await
+        {
             ipc::sync("b-complete", &json!({"recv": st.recv_b.get()}));
         }
         wait_phase(ph::DETECT).await;
         let s = st.clone();
-        wait_until(move || s.slow_done.get() >= s.n_slow.get(), Duration::from_secs(60)).await;
-        ipc::sync("slow-dropped", &json!({"closed": st.slow_closed.borrow().to_json(), "alive": st.slow_alive.get()}));
+        wait_until(
+            move || s.slow_done.get() >= s.n_slow.get(),
+            Duration::from_secs(60),
+        )
+        .await;
+        ipc::sync(
+            "slow-dropped",
+            &json!({"closed": st.slow_closed.borrow().to_json(), "alive": st.slow_alive.get()}),
+        );
     }
     wait_phase(ph::END).await;
     let rss = self_rss_kb();

@@ -102,13 +102,23 @@ pub fn parse(text: &[u8]) -> Option<Frame<'_>> {
         return Some(f);
     }
     let l = serde_json::from_slice::<FrameLite<'_>>(text).ok()?;
-    Some(Frame { ty: l.ty, event: l.event, id: l.id, ok: l.ok, seq: l.seq, payload: None, error: l.error })
+    Some(Frame {
+        ty: l.ty,
+        event: l.event,
+        id: l.id,
+        ok: l.ok,
+        seq: l.seq,
+        payload: None,
+        error: l.error,
+    })
 }
 
 impl Frame<'_> {
     /// `detail-code` or `code` of a failed response, for error counting.
     pub fn error_kind(&self) -> String {
-        let Some(e) = &self.error else { return "rpc_error".into() };
+        let Some(e) = &self.error else {
+            return "rpc_error".into();
+        };
         let code = e.code.as_deref().unwrap_or("ERROR");
         match e.details.as_ref().and_then(|d| d.code.as_deref()) {
             Some(d) => format!("rpc_{code}/{d}"),
@@ -123,7 +133,9 @@ impl Frame<'_> {
             return None;
         }
         let rows = self.payload.as_ref()?.presence.as_ref()?;
-        let row = rows.iter().find(|r| r.instance_id.as_deref() == Some(PUBLISHER_INSTANCE))?;
+        let row = rows
+            .iter()
+            .find(|r| r.instance_id.as_deref() == Some(PUBLISHER_INSTANCE))?;
         parse_mark(row.text.as_deref()?)
     }
 }

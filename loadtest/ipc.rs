@@ -25,16 +25,21 @@ pub fn phase() -> u32 {
 
 /// Child side: start the stdin reader thread.
 pub fn start_phase_listener() {
-    let _ = std::thread::Builder::new().name("phase-listener".into()).spawn(|| {
-        let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
-            let Ok(line) = line else { break };
-            if let Some(n) = line.strip_prefix("PHASE ").and_then(|n| n.trim().parse::<u32>().ok()) {
-                PHASE.fetch_max(n, Ordering::AcqRel);
+    let _ = std::thread::Builder::new()
+        .name("phase-listener".into())
+        .spawn(|| {
+            let stdin = std::io::stdin();
+            for line in stdin.lock().lines() {
+                let Ok(line) = line else { break };
+                if let Some(n) = line
+                    .strip_prefix("PHASE ")
+                    .and_then(|n| n.trim().parse::<u32>().ok())
+                {
+                    PHASE.fetch_max(n, Ordering::AcqRel);
+                }
             }
-        }
-        PHASE.store(PHASE_ABORT, Ordering::Release);
-    });
+            PHASE.store(PHASE_ABORT, Ordering::Release);
+        });
 }
 
 /// Child side: wait (polling) until the parent announces phase `n` or later.
@@ -90,7 +95,9 @@ impl Children {
         for i in 0..n {
             let mut cmd = Command::new(&exe);
             cmd.arg("--child-index").arg(i.to_string()).args(args);
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
             let mut child = cmd.spawn()?;
             stdins.push(child.stdin.take());
             if let Some(out) = child.stdout.take() {
@@ -100,7 +107,10 @@ impl Children {
                         let Ok(line) = line else { break };
                         let parsed = if let Some(rest) = line.strip_prefix("SYNC ") {
                             let (tag, json) = rest.split_once(' ').unwrap_or((rest, "null"));
-                            Line::Sync(tag.to_string(), serde_json::from_str(json).unwrap_or(Value::Null))
+                            Line::Sync(
+                                tag.to_string(),
+                                serde_json::from_str(json).unwrap_or(Value::Null),
+                            )
                         } else if let Some(rest) = line.strip_prefix("RESULT ") {
                             Line::Result(serde_json::from_str(rest).unwrap_or(Value::Null))
                         } else {
@@ -116,7 +126,14 @@ impl Children {
             }
             procs.push(child);
         }
-        Ok(Children { procs, stdins, rx, inbox: (0..n).map(|_| VecDeque::new()).collect(), results: vec![None; n], dead: vec![false; n] })
+        Ok(Children {
+            procs,
+            stdins,
+            rx,
+            inbox: (0..n).map(|_| VecDeque::new()).collect(),
+            results: vec![None; n],
+            dead: vec![false; n],
+        })
     }
 
     /// Number of children.
@@ -159,15 +176,19 @@ impl Children {
                     continue;
                 }
                 if let Some(q) = self.inbox.get_mut(i) {
-                    if let Some(pos) = q.iter().position(|l| matches!(l, Line::Sync(t, _) if t == tag)) {
+                    if let Some(pos) = q
+                        .iter()
+                        .position(|l| matches!(l, Line::Sync(t, _) if t == tag))
+                    {
                         if let Some(Line::Sync(_, v)) = q.remove(pos) {
                             *g = Some(v);
                         }
                     }
                 }
             }
-            let pending =
-                (0..n).filter(|&i| got[i].is_none() && !self.dead[i] && self.results[i].is_none()).count();
+            let pending = (0..n)
+                .filter(|&i| got[i].is_none() && !self.dead[i] && self.results[i].is_none())
+                .count();
             if pending == 0 || Instant::now() >= deadline {
                 return got;
             }
@@ -191,7 +212,9 @@ impl Children {
         let deadline = Instant::now() + timeout;
         loop {
             self.pump();
-            let pending = (0..self.len()).filter(|&i| self.results[i].is_none() && !self.dead[i]).count();
+            let pending = (0..self.len())
+                .filter(|&i| self.results[i].is_none() && !self.dead[i])
+                .count();
             if pending == 0 || Instant::now() >= deadline {
                 break;
             }
@@ -204,7 +227,9 @@ impl Children {
             loop {
                 match p.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(None) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     Ok(None) => {
                         let _ = p.kill();
                         let _ = p.wait();

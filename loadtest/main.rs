@@ -24,13 +24,23 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "clawgate-load", version, about = "Load generator for the clawgate gateway (WebSocket protocol v4)")]
+#[command(
+    name = "clawgate-load",
+    version,
+    about = "Load generator for the clawgate gateway (WebSocket protocol v4)"
+)]
 struct Cli {
     /// Gateway URL.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:18789")]
     url: String,
     /// Shared gateway token.
-    #[arg(long, global = true, env = "OPENCLAW_GATEWAY_TOKEN", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "OPENCLAW_GATEWAY_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
     token: String,
     /// Child processes that hold the connections (the parent only coordinates/publishes).
     #[arg(long, global = true, default_value_t = 1)]
@@ -176,10 +186,15 @@ fn block_on<T>(driver: DriverArg, fut: impl Future<Output = T>) -> anyhow::Resul
         DriverArg::Legacy => false,
     };
     if uring {
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().with_entries(4096).build()?;
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(4096)
+            .build()?;
         Ok(rt.block_on(fut))
     } else {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()?;
         Ok(rt.block_on(fut))
     }
 }
@@ -187,7 +202,9 @@ fn block_on<T>(driver: DriverArg, fut: impl Future<Output = T>) -> anyhow::Resul
 /// Handshakes in flight per child for this scenario (sizes the source-address pool).
 fn per_child_concurrency(cli: &Cli, index: usize) -> usize {
     match &cli.cmd {
-        Cmd::ConnectStorm { concurrency, .. } => stats::share(*concurrency, cli.procs, index).max(1),
+        Cmd::ConnectStorm { concurrency, .. } => {
+            stats::share(*concurrency, cli.procs, index).max(1)
+        }
         _ => cli.setup_concurrency.max(1),
     }
 }
@@ -204,13 +221,19 @@ fn source_addrs(cli: &Cli, target: &ws::Target, i: usize) -> Vec<IpAddr> {
     if cli.no_bind || !target.addr.ip().is_loopback() || !target.addr.is_ipv4() {
         return Vec::new();
     }
-    (0..addrs_per_proc(cli)).map(|j| IpAddr::V4(Ipv4Addr::new(127, 0, j as u8, (2 + i).min(254) as u8))).collect()
+    (0..addrs_per_proc(cli))
+        .map(|j| IpAddr::V4(Ipv4Addr::new(127, 0, j as u8, (2 + i).min(254) as u8)))
+        .collect()
 }
 
 fn run_child(cli: Cli, index: usize, target: ws::Target) -> anyhow::Result<()> {
     ipc::start_phase_listener();
     let srcs = source_addrs(&cli, &target, index);
-    eprintln!("[child {index}] pid {} source addresses {:?}", std::process::id(), srcs);
+    eprintln!(
+        "[child {index}] pid {} source addresses {:?}",
+        std::process::id(),
+        srcs
+    );
     let ctx = Rc::new(child::Ctx {
         target,
         token: cli.token.clone(),
@@ -224,20 +247,74 @@ fn run_child(cli: Cli, index: usize, target: ws::Target) -> anyhow::Result<()> {
     let driver = cli.driver;
     block_on(driver, async move {
         match cli.cmd {
-            Cmd::ConnectStorm { mode, total, concurrency, reuse_identity } => {
-                child::storm(ctx, child::StormOpts { total, concurrency, device: mode == Mode::Device, reuse_identity }).await
+            Cmd::ConnectStorm {
+                mode,
+                total,
+                concurrency,
+                reuse_identity,
+            } => {
+                child::storm(
+                    ctx,
+                    child::StormOpts {
+                        total,
+                        concurrency,
+                        device: mode == Mode::Device,
+                        reuse_identity,
+                    },
+                )
+                .await
             }
             Cmd::HoldIdle { conns, .. } => child::hold(ctx, conns).await,
-            Cmd::Rpc { conns, duration_secs, pipeline, method } => {
-                child::rpc(ctx, child::RpcOpts { conns, duration: Duration::from_secs(duration_secs), pipeline, method }).await
+            Cmd::Rpc {
+                conns,
+                duration_secs,
+                pipeline,
+                method,
+            } => {
+                child::rpc(
+                    ctx,
+                    child::RpcOpts {
+                        conns,
+                        duration: Duration::from_secs(duration_secs),
+                        pipeline,
+                        method,
+                    },
+                )
+                .await
             }
-            Cmd::Fanout { subscribers, events, .. } => {
-                child::fan(ctx, child::FanOpts { subscribers, events, slow_fraction: 0.0, run_a: true, run_b: false }).await
-            }
-            Cmd::Slow { subscribers, slow_fraction, events, baseline, .. } => {
+            Cmd::Fanout {
+                subscribers,
+                events,
+                ..
+            } => {
                 child::fan(
                     ctx,
-                    child::FanOpts { subscribers, events, slow_fraction: slow_fraction.clamp(0.0, 1.0), run_a: baseline, run_b: true },
+                    child::FanOpts {
+                        subscribers,
+                        events,
+                        slow_fraction: 0.0,
+                        run_a: true,
+                        run_b: false,
+                    },
+                )
+                .await
+            }
+            Cmd::Slow {
+                subscribers,
+                slow_fraction,
+                events,
+                baseline,
+                ..
+            } => {
+                child::fan(
+                    ctx,
+                    child::FanOpts {
+                        subscribers,
+                        events,
+                        slow_fraction: slow_fraction.clamp(0.0, 1.0),
+                        run_a: baseline,
+                        run_b: true,
+                    },
                 )
                 .await
             }
@@ -259,15 +336,36 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
     block_on(cli.driver, async move {
         let started = std::time::Instant::now();
         let r = match cmd {
-            Cmd::ConnectStorm { mode, total, concurrency, reuse_identity } => {
-                let m = if mode == Mode::Device { "device" } else { "token" };
+            Cmd::ConnectStorm {
+                mode,
+                total,
+                concurrency,
+                reuse_identity,
+            } => {
+                let m = if mode == Mode::Device {
+                    "device"
+                } else {
+                    "token"
+                };
                 parent::storm(&common, m, reuse_identity, total, concurrency).await
             }
-            Cmd::HoldIdle { conns, hold_secs, settle_secs } => parent::hold(&common, conns, hold_secs, settle_secs).await,
-            Cmd::Rpc { conns, duration_secs, pipeline, method } => {
-                parent::rpc(&common, conns, duration_secs, pipeline.max(1), &method).await
-            }
-            Cmd::Fanout { subscribers, events, rate, grace_secs } => {
+            Cmd::HoldIdle {
+                conns,
+                hold_secs,
+                settle_secs,
+            } => parent::hold(&common, conns, hold_secs, settle_secs).await,
+            Cmd::Rpc {
+                conns,
+                duration_secs,
+                pipeline,
+                method,
+            } => parent::rpc(&common, conns, duration_secs, pipeline.max(1), &method).await,
+            Cmd::Fanout {
+                subscribers,
+                events,
+                rate,
+                grace_secs,
+            } => {
                 parent::fan(
                     &common,
                     parent::FanPlan {
@@ -284,7 +382,15 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                 )
                 .await
             }
-            Cmd::Slow { subscribers, slow_fraction, events, rate, baseline, grace_secs, drop_wait_secs } => {
+            Cmd::Slow {
+                subscribers,
+                slow_fraction,
+                events,
+                rate,
+                baseline,
+                grace_secs,
+                drop_wait_secs,
+            } => {
                 parent::fan(
                     &common,
                     parent::FanPlan {

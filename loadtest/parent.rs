@@ -102,8 +102,20 @@ fn round2(x: f64) -> f64 {
 
 /// Fold the `setup` objects (from SYNC ready or RESULT) of all children.
 fn setup_summary(rs: &[Value], key: Option<&str>) -> Value {
-    let sel: Vec<Value> = rs.iter().map(|r| if let Some(k) = key { r[k].clone() } else { r.clone() }).collect();
-    let secs = sel.iter().filter_map(|s| s["setup_secs"].as_f64()).fold(0.0, f64::max);
+    let sel: Vec<Value> = rs
+        .iter()
+        .map(|r| {
+            if let Some(k) = key {
+                r[k].clone()
+            } else {
+                r.clone()
+            }
+        })
+        .collect();
+    let secs = sel
+        .iter()
+        .filter_map(|s| s["setup_secs"].as_f64())
+        .fold(0.0, f64::max);
     json!({
         "connected": sum(&sel, &["connected"]), "failed": sum(&sel, &["failed"]),
         "errors": merge_errors(&sel, &["errors"]).to_json(), "retries": merge_errors(&sel, &["retries"]).to_json(),
@@ -114,7 +126,13 @@ fn setup_summary(rs: &[Value], key: Option<&str>) -> Value {
 // ---------------------------------------------------------------------------------------
 
 /// connect-storm parent.
-pub async fn storm(c: &Common, mode: &str, reuse: bool, total: usize, concurrency: usize) -> anyhow::Result<Value> {
+pub async fn storm(
+    c: &Common,
+    mode: &str,
+    reuse: bool,
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<Value> {
     let mut ch = c.spawn()?;
     ch.wait_sync("ready", Duration::from_secs(60)).await;
     let before = c.rss_kb();
@@ -122,8 +140,16 @@ pub async fn storm(c: &Common, mode: &str, reuse: bool, total: usize, concurrenc
     ch.set_phase(1);
     let (rs, missing) = results_ok(ch.results(Duration::from_secs(3600)).await);
     let ok = sum(&rs, &["ok"]);
-    let t0 = rs.iter().filter_map(|r| r["t_start_us"].as_u64()).min().unwrap_or(0);
-    let t1 = rs.iter().filter_map(|r| r["t_end_us"].as_u64()).max().unwrap_or(0);
+    let t0 = rs
+        .iter()
+        .filter_map(|r| r["t_start_us"].as_u64())
+        .min()
+        .unwrap_or(0);
+    let t1 = rs
+        .iter()
+        .filter_map(|r| r["t_end_us"].as_u64())
+        .max()
+        .unwrap_or(0);
     let wall = (t1.saturating_sub(t0)) as f64 / 1e6;
     let errors = merge_errors(&rs, &["errors"]);
     let mut out = c.base("connect-storm");
@@ -153,7 +179,12 @@ fn merge_into(out: &mut Value, extra: Value) {
 }
 
 /// hold-idle parent.
-pub async fn hold(c: &Common, conns: usize, hold_secs: u64, settle_secs: u64) -> anyhow::Result<Value> {
+pub async fn hold(
+    c: &Common,
+    conns: usize,
+    hold_secs: u64,
+    settle_secs: u64,
+) -> anyhow::Result<Value> {
     let before = c.rss();
     let mut ch = c.spawn()?;
     let ready = ch.wait_sync("ready", Duration::from_secs(3600)).await;
@@ -168,7 +199,9 @@ pub async fn hold(c: &Common, conns: usize, hold_secs: u64, settle_secs: u64) ->
     ch.set_phase(1);
     let (rs, missing) = results_ok(ch.results(Duration::from_secs(120)).await);
     let per_conn = match (before, after) {
-        (Some(b), Some(a)) if connected > 0 => json!(((a.0 as i64 - b.0 as i64) * 1024) / connected as i64),
+        (Some(b), Some(a)) if connected > 0 => {
+            json!(((a.0 as i64 - b.0 as i64) * 1024) / connected as i64)
+        }
         _ => Value::Null,
     };
     let mut out = c.base("hold-idle");
@@ -190,12 +223,21 @@ pub async fn hold(c: &Common, conns: usize, hold_secs: u64, settle_secs: u64) ->
 }
 
 /// rpc parent.
-pub async fn rpc(c: &Common, conns: usize, secs: u64, pipeline: usize, method: &str) -> anyhow::Result<Value> {
+pub async fn rpc(
+    c: &Common,
+    conns: usize,
+    secs: u64,
+    pipeline: usize,
+    method: &str,
+) -> anyhow::Result<Value> {
     let mut ch = c.spawn()?;
     let ready = ch.wait_sync("ready", Duration::from_secs(3600)).await;
     let ready: Vec<Value> = ready.into_iter().flatten().collect();
     let before = c.rss_kb();
-    eprintln!("[parent] rpc: {} connections, {secs}s, pipeline {pipeline}", sum(&ready, &["connected"]));
+    eprintln!(
+        "[parent] rpc: {} connections, {secs}s, pipeline {pipeline}",
+        sum(&ready, &["connected"])
+    );
     ch.set_phase(1);
     let (rs, missing) = results_ok(ch.results(Duration::from_secs(secs + 120)).await);
     let hist = merge_hist(&rs, &["hist"]);
@@ -244,13 +286,13 @@ struct Publisher {
 
 async fn pub_reader(mut r: OwnedReadHalf<TcpStream>, mut rd: Reader, st: Rc<PubSt>, mut rng: Rng) {
     while !st.stop.get() {
-        match monoio::time::timeout(Duration::from_millis(200), rd.fill(&mut r)).await {
-            Err(_) => continue,
-            Ok(Err(e)) => {
+        match rd.fill_for(&mut r, Duration::from_millis(200)).await {
+            Ok(false) => continue,
+            Err(e) => {
                 *st.dead.borrow_mut() = Some(e.kind());
                 return;
             }
-            Ok(Ok(())) => {}
+            Ok(true) => {}
         }
         let mut pongs = st.pongs.borrow_mut();
         let d = rd.drain(&mut rng, &mut pongs, &mut |t| match frames::parse(t) {
@@ -281,13 +323,30 @@ async fn pub_reader(mut r: OwnedReadHalf<TcpStream>, mut rd: Reader, st: Rc<PubS
 impl Publisher {
     async fn connect(c: &Common) -> Result<Publisher, String> {
         let mut rng = Rng::new(0x5055_424c);
-        let auth = AuthSpec { token: c.token.clone(), scopes: vec!["operator.admin".into()], device: None };
-        let (conn, _, _) = ws::connect(&c.target, None, &auth, c.timeout, &mut rng).await.map_err(|e| e.kind())?;
+        let auth = AuthSpec {
+            token: c.token.clone(),
+            scopes: vec!["operator.admin".into()],
+            device: None,
+        };
+        let (conn, _, _) = ws::connect(&c.target, None, &auth, c.timeout, &mut rng)
+            .await
+            .map_err(|e| e.kind())?;
         let ws::Conn { io, rd, out, rng } = conn;
         let (r, w) = io.into_split();
         let st = Rc::new(PubSt::default());
-        let reader = monoio::spawn(pub_reader(r, rd, st.clone(), Rng::new(rng.clone().next_u64())));
-        Ok(Publisher { w, out, rng, st, reader: Some(reader) })
+        let reader = monoio::spawn(pub_reader(
+            r,
+            rd,
+            st.clone(),
+            Rng::new(rng.clone().next_u64()),
+        ));
+        Ok(Publisher {
+            w,
+            out,
+            rng,
+            st,
+            reader: Some(reader),
+        })
     }
 
     /// Send `count` system-events numbered from `from` at `rate`/s; wait for the answers.
@@ -316,7 +375,12 @@ impl Publisher {
                 p.clear();
             }
             let mask = self.rng.mask();
-            encode_frame_masked(&mut self.out, OpCode::Text, req.to_string().as_bytes(), mask);
+            encode_frame_masked(
+                &mut self.out,
+                OpCode::Text,
+                req.to_string().as_bytes(),
+                mask,
+            );
             if let Err(e) = ws::write_all_to(&mut self.w, &mut self.out).await {
                 write_error = Some(e.kind());
                 break;
@@ -405,9 +469,20 @@ pub struct FanPlan {
     pub drop_wait: Duration,
 }
 
-fn run_stats(rs: &[Value], recv_key: &str, expected: u64, first_send: u64, last_key: &str, hist: &Hist) -> Value {
+fn run_stats(
+    rs: &[Value],
+    recv_key: &str,
+    expected: u64,
+    first_send: u64,
+    last_key: &str,
+    hist: &Hist,
+) -> Value {
     let recv = sum(rs, &[recv_key]);
-    let last = rs.iter().filter_map(|r| r[last_key].as_u64()).max().unwrap_or(0);
+    let last = rs
+        .iter()
+        .filter_map(|r| r[last_key].as_u64())
+        .max()
+        .unwrap_or(0);
     let span = last.saturating_sub(first_send) as f64 / 1e6;
     json!({
         "deliveries": recv, "expected": expected, "missed": expected as i64 - recv as i64,
@@ -446,7 +521,12 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
         monoio::time::sleep(Duration::from_millis(100)).await;
         eprintln!("[parent] run A: {} events at {}/s", p.events, p.rate);
         pub_a = publisher.run(0, p.events, p.rate).await;
-        complete_a = ch.wait_sync("a-complete", p.grace).await.iter().filter(|v| v.is_some()).count();
+        complete_a = ch
+            .wait_sync("a-complete", p.grace)
+            .await
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
         ch.set_phase(ph::A_DONE);
         if p.run_b {
             ch.wait_sync("a-stopped", Duration::from_secs(10)).await;
@@ -462,17 +542,36 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
         let sampler = start_sampler(c.gateway_pid);
         ch.set_phase(ph::RUN_B);
         monoio::time::sleep(Duration::from_millis(100)).await;
-        eprintln!("[parent] run B (slow consumers stopped reading): {} events at {}/s", p.events, p.rate);
+        eprintln!(
+            "[parent] run B (slow consumers stopped reading): {} events at {}/s",
+            p.events, p.rate
+        );
         pub_b = publisher.run(p.events, p.events, p.rate).await;
-        complete_b = ch.wait_sync("b-complete", p.grace).await.iter().filter(|v| v.is_some()).count();
+        complete_b = ch
+            .wait_sync("b-complete", p.grace)
+            .await
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
         ch.set_phase(ph::B_DONE);
         rss_after_run = c.rss();
         if let Some(s) = sampler {
-            peak = json!(s.finish().await.max(rss_after_run.map(|m| m.0).unwrap_or(0)));
+            peak = json!(s
+                .finish()
+                .await
+                .max(rss_after_run.map(|m| m.0).unwrap_or(0)));
         }
         ch.set_phase(ph::DETECT);
-        dropped = ch.wait_sync("slow-dropped", Duration::from_secs(90)).await.into_iter().flatten().collect();
-        eprintln!("[parent] slow subscribers checked and dropped; waiting {:?}", p.drop_wait);
+        dropped = ch
+            .wait_sync("slow-dropped", Duration::from_secs(90))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        eprintln!(
+            "[parent] slow subscribers checked and dropped; waiting {:?}",
+            p.drop_wait
+        );
         monoio::time::sleep(p.drop_wait).await;
         rss_after_drop = c.rss();
     }
@@ -501,8 +600,18 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
     );
     let hist_a = merge_hist(&rs, &["hist_a"]);
     if p.scenario == "fanout" {
-        let mut run = run_stats(&rs, "recv_a", connected * sent_a, first_a, "last_a_us", &hist_a);
-        merge_into(&mut run, json!({"publisher": pub_a, "children_complete": complete_a}));
+        let mut run = run_stats(
+            &rs,
+            "recv_a",
+            connected * sent_a,
+            first_a,
+            "last_a_us",
+            &hist_a,
+        );
+        merge_into(
+            &mut run,
+            json!({"publisher": pub_a, "children_complete": complete_a}),
+        );
         merge_into(&mut out, run);
         merge_into(
             &mut out,
@@ -518,7 +627,14 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
     let hist_b = merge_hist(&rs, &["hist_b"]);
     let closed = merge_errors(&rs, &["slow_closed"]);
     let alive = sum(&rs, &["slow_alive"]);
-    let mut slow_run = run_stats(&rs, "recv_b", n_fast * sent_b, first_b, "last_b_us", &hist_b);
+    let mut slow_run = run_stats(
+        &rs,
+        "recv_b",
+        n_fast * sent_b,
+        first_b,
+        "last_b_us",
+        &hist_b,
+    );
     merge_into(
         &mut slow_run,
         json!({
@@ -529,24 +645,41 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
             "slow_dropped_reports": dropped.len(),
         }),
     );
-    merge_into(&mut out, json!({"slow_fraction": p.slow_fraction, "slow_run": slow_run}));
+    merge_into(
+        &mut out,
+        json!({"slow_fraction": p.slow_fraction, "slow_run": slow_run}),
+    );
     if p.run_a {
-        let mut base = run_stats(&rs, "recv_a", connected * sent_a, first_a, "last_a_us", &hist_a);
+        let mut base = run_stats(
+            &rs,
+            "recv_a",
+            connected * sent_a,
+            first_a,
+            "last_a_us",
+            &hist_a,
+        );
         merge_into(
             &mut base,
             json!({"latency_fast_subset": hist_a_fast.summary_ms(), "publisher": pub_a, "children_complete": complete_a}),
         );
         let ratio = if hist_a_fast.quantile(0.99) > 0 {
-            json!(round2(hist_b.quantile(0.99) as f64 / hist_a_fast.quantile(0.99) as f64))
+            json!(round2(
+                hist_b.quantile(0.99) as f64 / hist_a_fast.quantile(0.99) as f64
+            ))
         } else {
             Value::Null
         };
         let ratio50 = if hist_a_fast.quantile(0.5) > 0 {
-            json!(round2(hist_b.quantile(0.5) as f64 / hist_a_fast.quantile(0.5) as f64))
+            json!(round2(
+                hist_b.quantile(0.5) as f64 / hist_a_fast.quantile(0.5) as f64
+            ))
         } else {
             Value::Null
         };
-        merge_into(&mut out, json!({"baseline": base, "p99_ratio_slow_over_baseline": ratio, "p50_ratio_slow_over_baseline": ratio50}));
+        merge_into(
+            &mut out,
+            json!({"baseline": base, "p99_ratio_slow_over_baseline": ratio, "p50_ratio_slow_over_baseline": ratio50}),
+        );
     }
     merge_into(
         &mut out,

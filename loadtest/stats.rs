@@ -57,7 +57,13 @@ impl Default for Hist {
 impl Hist {
     /// Empty histogram.
     pub fn new() -> Self {
-        Self { counts: vec![0; BUCKETS], n: 0, sum: 0, min: u64::MAX, max: 0 }
+        Self {
+            counts: vec![0; BUCKETS],
+            n: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        }
     }
 
     /// Record one value (µs).
@@ -101,8 +107,13 @@ impl Hist {
 
     /// Serialized form for the child → parent hand-off (sparse buckets).
     pub fn to_json(&self) -> Value {
-        let b: Vec<Value> =
-            self.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| json!([i, c])).collect();
+        let b: Vec<Value> = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| json!([i, c]))
+            .collect();
         json!({"n": self.n, "sum": self.sum, "min": if self.n == 0 { 0 } else { self.min }, "max": self.max, "b": b})
     }
 
@@ -111,11 +122,17 @@ impl Hist {
         let mut h = Hist::new();
         h.n = v["n"].as_u64().unwrap_or(0);
         h.sum = v["sum"].as_u64().unwrap_or(0);
-        h.min = if h.n == 0 { u64::MAX } else { v["min"].as_u64().unwrap_or(0) };
+        h.min = if h.n == 0 {
+            u64::MAX
+        } else {
+            v["min"].as_u64().unwrap_or(0)
+        };
         h.max = v["max"].as_u64().unwrap_or(0);
         if let Some(arr) = v["b"].as_array() {
             for pair in arr {
-                let (Some(i), Some(c)) = (pair[0].as_u64(), pair[1].as_u64()) else { continue };
+                let (Some(i), Some(c)) = (pair[0].as_u64(), pair[1].as_u64()) else {
+                    continue;
+                };
                 if let Some(slot) = h.counts.get_mut(i as usize) {
                     *slot += c;
                 }
@@ -169,14 +186,20 @@ impl Errors {
 /// Wall-clock microseconds since the Unix epoch (the fan-out clock: publisher and
 /// subscribers run on the same host).
 pub fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// `(VmRSS, VmHWM)` in KiB of a process, from /proc/PID/status.
 pub fn proc_mem(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
-        s.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
@@ -226,7 +249,19 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_tight() {
         let mut prev = 0;
-        for v in [0u64, 1, 127, 128, 129, 255, 256, 1000, 65_535, 1 << 30, MAX_VALUE] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            129,
+            255,
+            256,
+            1000,
+            65_535,
+            1 << 30,
+            MAX_VALUE,
+        ] {
             let i = index_of(v);
             assert!(i >= prev);
             prev = i;

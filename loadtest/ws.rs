@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use clawgate::auth::device::{self, SignedFields};
 use clawgate::transport::ws::codec::{encode_frame_masked, Decoder, Message, OpCode, Role};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use serde_json::json;
 
@@ -42,8 +42,8 @@ pub enum LoadError {
     Closed(u16),
     /// The peer closed the TCP stream without a close frame.
     Eof,
-    /// The codec rejected a frame (close code it maps to).
-    Ws(u16),
+    /// The codec rejected a frame (close code it maps to, reason).
+    Ws(u16, String),
     /// A text frame that is not a protocol frame.
     BadFrame,
     /// `connect` answered `ok:false` (error code / detail code).
@@ -75,7 +75,7 @@ impl LoadError {
             LoadError::Timeout(phase) => format!("timeout_{phase}"),
             LoadError::Closed(code) => format!("closed_{code}"),
             LoadError::Eof => "eof".into(),
-            LoadError::Ws(code) => format!("ws_protocol_{code}"),
+            LoadError::Ws(code, why) => format!("ws_{code}:{why}"),
             LoadError::BadFrame => "bad_frame".into(),
             LoadError::Rpc(k) => k.clone(),
         }
@@ -85,7 +85,9 @@ impl LoadError {
     pub fn is_peer_close(&self) -> bool {
         match self {
             LoadError::Closed(_) | LoadError::Eof => true,
-            LoadError::Io(_, e) => matches!(e.raw_os_error(), Some(libc::ECONNRESET) | Some(libc::EPIPE)),
+            LoadError::Io(_, e) => {
+                matches!(e.raw_os_error(), Some(libc::ECONNRESET) | Some(libc::EPIPE))
+            }
             _ => false,
         }
     }
@@ -109,7 +111,9 @@ impl Target {
     /// Parse `ws://host:port[/path]`.
     pub fn parse(url: &str) -> Result<Self, String> {
         use std::net::ToSocketAddrs;
-        let rest = url.strip_prefix("ws://").ok_or_else(|| format!("invalid url {url:?} (expected ws://host:port[/path])"))?;
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| format!("invalid url {url:?} (expected ws://host:port[/path])"))?;
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -117,13 +121,21 @@ impl Target {
         if hostport.is_empty() {
             return Err(format!("invalid url {url:?}"));
         }
-        let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+        let hostport = if hostport.contains(':') {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:80")
+        };
         let addr = hostport
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
             .next()
             .ok_or_else(|| format!("cannot resolve {hostport}"))?;
-        Ok(Self { addr, hostport, path: path.to_string() })
+        Ok(Self {
+            addr,
+            hostport,
+            path: path.to_string(),
+        })
     }
 }
 
@@ -170,18 +182,23 @@ impl Default for Reader {
 impl Reader {
     /// New reader (client role).
     pub fn new() -> Self {
-        Self { dec: Decoder::new(Role::Client, MAX_MESSAGE), buf: Vec::new(), scratch: Vec::with_capacity(READ_BUF) }
+        Self {
+            dec: Decoder::new(Role::Client, MAX_MESSAGE),
+            buf: Vec::new(),
+            scratch: Vec::with_capacity(READ_BUF),
+        }
     }
 
-    /// Read once from `io` and append to the buffer. If this future is dropped (timeout)
-    /// only the scratch buffer is lost; buffered bytes stay intact.
-    pub async fn fill<R: AsyncReadRent>(&mut self, io: &mut R) -> Res<()> {
+    fn take_scratch(&mut self) -> Vec<u8> {
         let mut scratch = std::mem::take(&mut self.scratch);
         if scratch.capacity() < READ_BUF {
             scratch = Vec::with_capacity(READ_BUF);
         }
         scratch.clear();
-        let (res, mut s) = io.read(scratch).await;
+        scratch
+    }
+
+    fn absorb(&mut self, res: std::io::Result<usize>, mut s: Vec<u8>) -> Res<()> {
         let out = match res {
             Ok(0) => Err(LoadError::Eof),
             Ok(n) => {
@@ -196,18 +213,68 @@ impl Reader {
         out
     }
 
+    /// Read once from `io` and append to the buffer (waits as long as it takes).
+    pub async fn fill<R: AsyncReadRent>(&mut self, io: &mut R) -> Res<()> {
+        let scratch = self.take_scratch();
+        let (res, s) = io.read(scratch).await;
+        self.absorb(res, s)
+    }
+
+    /// Read once, waiting at most `wait`: `Ok(false)` = nothing arrived.
+    ///
+    /// The read is cancelled through the driver and then awaited to completion, never
+    /// dropped: with io_uring a dropped in-flight read can still complete in the kernel and
+    /// its bytes would be lost (the stream would then resume mid-frame).
+    pub async fn fill_for<R: CancelableAsyncReadRent>(&mut self, io: &mut R, wait: Duration) -> Res<bool> {
+        let scratch = self.take_scratch();
+        let canceller = Canceller::new();
+        let read = io.cancelable_read(scratch, canceller.handle());
+        let mut read = std::pin::pin!(read);
+        let (res, s) = match monoio::time::timeout(wait, read.as_mut()).await {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = canceller.cancel();
+                let (res, s) = read.await;
+                match res {
+                    Ok(n) if n > 0 => (Ok(n), s),
+                    Ok(_) => (Ok(0), s),
+                    Err(_) => {
+                        // Cancelled (or failed; the next read reports a real error again).
+                        let mut s = s;
+                        s.clear();
+                        self.scratch = s;
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        self.absorb(res, s).map(|()| true)
+    }
+
     /// Decode every complete message now buffered: texts go to `on_text`, pings are
     /// answered by appending masked pongs to `pongs`, pongs/binary are ignored.
-    pub fn drain(&mut self, rng: &mut Rng, pongs: &mut Vec<u8>, on_text: &mut dyn FnMut(&[u8])) -> Res<Drained> {
+    pub fn drain(
+        &mut self,
+        rng: &mut Rng,
+        pongs: &mut Vec<u8>,
+        on_text: &mut dyn FnMut(&[u8]),
+    ) -> Res<Drained> {
         let r = loop {
             self.dec.reclaim(&mut self.buf);
             match self.dec.next(&mut self.buf) {
                 Ok(Some(Message::Text(t))) => on_text(t),
-                Ok(Some(Message::Ping(p))) => encode_frame_masked(pongs, OpCode::Pong, p, rng.mask()),
-                Ok(Some(Message::Close(code, _))) => break Ok(Drained::Closed(code.unwrap_or(1005))),
+                Ok(Some(Message::Ping(p))) => {
+                    encode_frame_masked(pongs, OpCode::Pong, p, rng.mask())
+                }
+                Ok(Some(Message::Close(code, _))) => {
+                    break Ok(Drained::Closed(code.unwrap_or(1005)))
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break Ok(Drained::More),
-                Err(e) => break Err(LoadError::Ws(e.close_code())),
+                Err(e) => {
+                    report_decode_error(&e, &self.buf);
+                    break Err(LoadError::Ws(e.close_code(), e.to_string()));
+                }
             }
         };
         self.dec.reclaim(&mut self.buf);
@@ -222,6 +289,18 @@ impl Reader {
         let end = self.buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
         Some(self.buf.drain(..end).collect())
     }
+}
+
+static DECODE_ERRORS_SHOWN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Print the first few decode errors of this process with the bytes around them.
+fn report_decode_error(e: &clawgate::transport::ws::codec::WsError, buf: &[u8]) {
+    if DECODE_ERRORS_SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 3 {
+        return;
+    }
+    let head: Vec<String> = buf.iter().take(48).map(|b| format!("{b:02x}")).collect();
+    let text = String::from_utf8_lossy(&buf[..buf.len().min(160)]).replace(|c: char| c.is_control(), ".");
+    eprintln!("decode error: {e} (buffered {} bytes) head: {} | {text}", buf.len(), head.join(" "));
 }
 
 /// One open connection.
@@ -239,11 +318,13 @@ pub struct Conn {
 /// Start a non-blocking connect from `src` (port chosen by the kernel) to `dst`.
 fn start_connect(src: Option<IpAddr>, dst: SocketAddr) -> Res<std::net::TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP)).map_err(LoadError::Socket)?;
+    let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
+        .map_err(LoadError::Socket)?;
     s.set_nonblocking(true).map_err(LoadError::Socket)?;
     s.set_nodelay(true).map_err(LoadError::Socket)?;
     if let Some(ip) = src {
-        s.bind(&SocketAddr::new(ip, 0).into()).map_err(LoadError::Socket)?;
+        s.bind(&SocketAddr::new(ip, 0).into())
+            .map_err(LoadError::Socket)?;
     }
     match s.connect(&dst.into()) {
         Ok(()) => {}
@@ -258,9 +339,17 @@ impl Conn {
     pub async fn open(t: &Target, src: Option<IpAddr>, rng: &mut Rng) -> Res<Conn> {
         let std = start_connect(src, t.addr)?;
         let io = TcpStream::from_std(std).map_err(LoadError::Socket)?;
-        io.writable(true).await.map_err(|e| LoadError::Io("connect", e))?;
-        let mut c = Conn { io, rd: Reader::new(), out: Vec::with_capacity(256), rng: Rng::new(rng.next_u64()) };
-        let key = base64::engine::general_purpose::STANDARD.encode(rng.next_u64().to_le_bytes().repeat(2));
+        io.writable(true)
+            .await
+            .map_err(|e| LoadError::Io("connect", e))?;
+        let mut c = Conn {
+            io,
+            rd: Reader::new(),
+            out: Vec::with_capacity(256),
+            rng: Rng::new(rng.next_u64()),
+        };
+        let key = base64::engine::general_purpose::STANDARD
+            .encode(rng.next_u64().to_le_bytes().repeat(2));
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
             t.path, t.hostport
@@ -319,9 +408,8 @@ impl Conn {
     /// Read once (waiting at most `wait`), decode everything, write pongs.
     /// `Ok(false)` = nothing arrived in time; `Err(Closed)` on a close frame.
     pub async fn pump_for(&mut self, wait: Duration, on_text: &mut dyn FnMut(&[u8])) -> Res<bool> {
-        match monoio::time::timeout(wait, self.rd.fill(&mut self.io)).await {
-            Err(_) => return Ok(false),
-            Ok(r) => r?,
+        if !self.rd.fill_for(&mut self.io, wait).await? {
+            return Ok(false);
         }
         let d = self.drain(on_text)?;
         self.flush().await?;
@@ -363,7 +451,8 @@ impl Conn {
         let (nonce, ts) = challenge.unwrap_or_default();
 
         // 2. connect (exactly the blocking client's frame).
-        let (client_id, client_mode, role, platform, family) = ("cli", "cli", "operator", std::env::consts::OS, "Linux");
+        let (client_id, client_mode, role, platform, family) =
+            ("cli", "cli", "operator", std::env::consts::OS, "Linux");
         let mut params = json!({
             "minProtocol": 4, "maxProtocol": 4,
             "client": {"id": client_id, "version": env!("CARGO_PKG_VERSION"), "platform": platform,
@@ -460,7 +549,13 @@ pub async fn write_all_to<W: AsyncWriteRent>(w: &mut W, out: &mut Vec<u8>) -> Re
 
 /// Connect, upgrade and handshake with an overall timeout; returns the connection, the
 /// handshake info and the time from socket creation to `hello-ok`.
-pub async fn connect(t: &Target, src: Option<IpAddr>, auth: &AuthSpec, timeout: Duration, rng: &mut Rng) -> Res<(Conn, Hello, Duration)> {
+pub async fn connect(
+    t: &Target,
+    src: Option<IpAddr>,
+    auth: &AuthSpec,
+    timeout: Duration,
+    rng: &mut Rng,
+) -> Res<(Conn, Hello, Duration)> {
     let start = Instant::now();
     let fut = async {
         let mut c = Conn::open(t, src, rng).await?;
