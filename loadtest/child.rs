@@ -298,7 +298,7 @@ pub async fn storm(ctx: Rc<Ctx>, o: StormOpts) {
     ipc::result(&json!({
         "n": n, "ok": st.ok.get(), "close_ok": st.close_ok.get(), "errors": st.errors.borrow().to_json(),
         "close_errors": st.close_errors.borrow().to_json(), "hist": st.hist.borrow().to_json(),
-        "t_start_us": t_start, "t_end_us": t_end, "elapsed_s": elapsed, "loadgen_rss_kb": self_rss_kb(),
+        "t_start_us": t_start, "t_end_us": t_end, "elapsed_s": elapsed, "loadgen_rss_kb": self_rss_kb(), "loadgen_cpu_s": crate::stats::self_cpu_secs(),
     }));
 }
 
@@ -355,7 +355,7 @@ pub async fn hold(ctx: Rc<Ctx>, conns: usize) {
     ipc::result(&json!({
         "setup": setup.json(), "events": st.events.get(), "lost_during_hold": lost_before_close,
         "lost": st.lost.borrow().to_json(), "close_ok": st.close_ok.get(), "close_errors": st.close_err.borrow().to_json(),
-        "loadgen_rss_kb": rss,
+        "loadgen_rss_kb": rss, "loadgen_cpu_s": crate::stats::self_cpu_secs(),
     }));
 }
 
@@ -484,7 +484,7 @@ pub async fn rpc(ctx: Rc<Ctx>, o: RpcOpts) {
         "setup": setup.json(), "sent": st.sent.get(), "responses": st.hist.borrow().n, "ok": st.ok.get(),
         "in_window": st.in_window.get(), "rpc_errors": st.rpc_errors.borrow().to_json(), "lost": st.lost.borrow().to_json(),
         "bad_frames": st.bad_frames.get(), "events": st.events.get(), "hist": st.hist.borrow().to_json(),
-        "duration_s": o.duration.as_secs_f64(), "t_start_us": t_start, "t_end_us": t_end, "loadgen_rss_kb": self_rss_kb(),
+        "duration_s": o.duration.as_secs_f64(), "t_start_us": t_start, "t_end_us": t_end, "loadgen_rss_kb": self_rss_kb(), "loadgen_cpu_s": crate::stats::self_cpu_secs(),
     }));
 }
 
@@ -806,6 +806,6 @@ pub async fn fan(ctx: Rc<Ctx>, o: FanOpts) {
         "seq_regressions": st.seq_regressions.get(), "duplicates": st.duplicates.get(), "bad_frames": st.bad_frames.get(),
         "other_events": st.other_events.get(), "lost": st.lost.borrow().to_json(),
         "slow_closed": st.slow_closed.borrow().to_json(), "slow_alive": st.slow_alive.get(), "slow_late_events": st.slow_late_events.get(),
-        "loadgen_rss_kb": rss,
+        "loadgen_rss_kb": rss, "loadgen_cpu_s": crate::stats::self_cpu_secs(),
     }));
 }

@@ -45,6 +45,9 @@ impl Common {
     fn hwm_kb(&self) -> Value {
         self.rss().map(|m| json!(m.1)).unwrap_or(Value::Null)
     }
+    fn cpu(&self) -> Option<f64> {
+        self.gateway_pid.and_then(crate::stats::proc_cpu_secs)
+    }
     fn spawn(&self) -> anyhow::Result<Children> {
         eprintln!("[parent] spawning {} child process(es)", self.procs);
         Children::spawn(self.procs, &self.child_args)
@@ -96,6 +99,13 @@ fn merge_errors(rs: &[Value], path: &[&str]) -> Errors {
     e
 }
 
+fn cpu_delta(a: Option<f64>, b: Option<f64>) -> Value {
+    match (a, b) {
+        (Some(a), Some(b)) => json!(round2(b - a)),
+        _ => Value::Null,
+    }
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -137,8 +147,10 @@ pub async fn storm(
     ch.wait_sync("ready", Duration::from_secs(60)).await;
     let before = c.rss_kb();
     eprintln!("[parent] storm: {total} handshakes, {concurrency} in flight, mode {mode}");
+    let cpu0 = c.cpu();
     ch.set_phase(1);
     let (rs, missing) = results_ok(ch.results(Duration::from_secs(3600)).await);
+    let gw_cpu = cpu_delta(cpu0, c.cpu());
     let ok = sum(&rs, &["ok"]);
     let t0 = rs
         .iter()
@@ -164,12 +176,18 @@ pub async fn storm(
         "handshakes_per_sec": if wall > 0.0 { round2(ok as f64 / wall) } else { 0.0 },
         "wall_s": round2(wall), "latency": merge_hist(&rs, &["hist"]).summary_ms(),
         "close_ok": sum(&rs, &["close_ok"]), "close_errors": merge_errors(&rs, &["close_errors"]).to_json(),
+        "gateway_cpu_s": gw_cpu, "loadgen_cpu_s": loadgen_cpu(&rs),
         "gateway_rss_before_kb": before, "gateway_rss_after_kb": c.rss_kb(), "gateway_hwm_kb": c.hwm_kb(),
         "loadgen_rss_kb_per_child": rs.iter().map(|r| r["loadgen_rss_kb"].clone()).collect::<Vec<_>>(),
         "children_missing": missing,
     });
     merge_into(&mut out, extra);
     Ok(out)
+}
+
+/// Total CPU seconds of the children (whole run, including setup).
+fn loadgen_cpu(rs: &[Value]) -> f64 {
+    round2(rs.iter().filter_map(|r| r["loadgen_cpu_s"].as_f64()).sum())
 }
 
 fn merge_into(out: &mut Value, extra: Value) {
@@ -238,8 +256,10 @@ pub async fn rpc(
         "[parent] rpc: {} connections, {secs}s, pipeline {pipeline}",
         sum(&ready, &["connected"])
     );
+    let cpu0 = c.cpu();
     ch.set_phase(1);
     let (rs, missing) = results_ok(ch.results(Duration::from_secs(secs + 120)).await);
+    let gw_cpu = cpu_delta(cpu0, c.cpu());
     let hist = merge_hist(&rs, &["hist"]);
     let in_window = sum(&rs, &["in_window"]);
     let mut out = c.base("rpc");
@@ -254,6 +274,7 @@ pub async fn rpc(
             "latency": hist.summary_ms(),
             "rpc_errors": merge_errors(&rs, &["rpc_errors"]).to_json(), "lost": merge_errors(&rs, &["lost"]).to_json(),
             "bad_frames": sum(&rs, &["bad_frames"]), "events_received": sum(&rs, &["events"]),
+            "gateway_cpu_s": gw_cpu, "loadgen_cpu_s": loadgen_cpu(&rs),
             "gateway_rss_before_kb": before, "gateway_rss_after_kb": c.rss_kb(), "gateway_hwm_kb": c.hwm_kb(),
             "loadgen_rss_kb_per_child": rs.iter().map(|r| r["loadgen_rss_kb"].clone()).collect::<Vec<_>>(),
             "children_missing": missing,
@@ -516,10 +537,13 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
     let mut pub_b = Value::Null;
     let mut complete_a = 0;
     let mut complete_b = 0;
+    let mut cpu_a = Value::Null;
+    let mut cpu_b = Value::Null;
     if p.run_a {
         ch.set_phase(ph::RUN_A);
         monoio::time::sleep(Duration::from_millis(100)).await;
         eprintln!("[parent] run A: {} events at {}/s", p.events, p.rate);
+        let cpu0 = c.cpu();
         pub_a = publisher.run(0, p.events, p.rate).await;
         complete_a = ch
             .wait_sync("a-complete", p.grace)
@@ -527,6 +551,7 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
             .iter()
             .filter(|v| v.is_some())
             .count();
+        cpu_a = cpu_delta(cpu0, c.cpu());
         ch.set_phase(ph::A_DONE);
         if p.run_b {
             ch.wait_sync("a-stopped", Duration::from_secs(10)).await;
@@ -546,6 +571,7 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
             "[parent] run B (slow consumers stopped reading): {} events at {}/s",
             p.events, p.rate
         );
+        let cpu0 = c.cpu();
         pub_b = publisher.run(p.events, p.events, p.rate).await;
         complete_b = ch
             .wait_sync("b-complete", p.grace)
@@ -553,6 +579,7 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
             .iter()
             .filter(|v| v.is_some())
             .count();
+        cpu_b = cpu_delta(cpu0, c.cpu());
         ch.set_phase(ph::B_DONE);
         rss_after_run = c.rss();
         if let Some(s) = sampler {
@@ -595,6 +622,7 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
             "bad_frames": sum(&rs, &["bad_frames"]), "other_events": sum(&rs, &["other_events"]),
             "subscribers_lost": merge_errors(&rs, &["lost"]).to_json(),
             "loadgen_rss_kb_per_child": rs.iter().map(|r| r["loadgen_rss_kb"].clone()).collect::<Vec<_>>(),
+            "loadgen_cpu_s": loadgen_cpu(&rs),
             "children_missing": missing,
         }),
     );
@@ -610,7 +638,7 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
         );
         merge_into(
             &mut run,
-            json!({"publisher": pub_a, "children_complete": complete_a}),
+            json!({"publisher": pub_a, "children_complete": complete_a, "gateway_cpu_s": cpu_a}),
         );
         merge_into(&mut out, run);
         merge_into(
@@ -641,7 +669,7 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
             "fast_subscribers": n_fast, "slow_subscribers": n_slow, "gaps_fast": sum(&rs, &["gaps_b_fast"]),
             "slow_closed_by_gateway": closed.total(), "slow_close_kinds": closed.to_json(), "slow_still_open": alive,
             "slow_late_events_read_at_detect": sum(&rs, &["slow_late_events"]),
-            "publisher": pub_b, "children_complete": complete_b,
+            "publisher": pub_b, "children_complete": complete_b, "gateway_cpu_s": cpu_b,
             "slow_dropped_reports": dropped.len(),
         }),
     );
@@ -660,7 +688,7 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
         );
         merge_into(
             &mut base,
-            json!({"latency_fast_subset": hist_a_fast.summary_ms(), "publisher": pub_a, "children_complete": complete_a}),
+            json!({"latency_fast_subset": hist_a_fast.summary_ms(), "publisher": pub_a, "children_complete": complete_a, "gateway_cpu_s": cpu_a}),
         );
         let ratio = if hist_a_fast.quantile(0.99) > 0 {
             json!(round2(

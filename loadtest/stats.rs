@@ -204,6 +204,22 @@ pub fn proc_mem(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// User + system CPU seconds consumed so far by a process (all threads), from
+/// /proc/PID/stat (assumes the usual USER_HZ of 100).
+pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// This process's own CPU seconds.
+pub fn self_cpu_secs() -> f64 {
+    proc_cpu_secs(std::process::id()).unwrap_or(0.0)
+}
+
 /// This process's own VmRSS (KiB).
 pub fn self_rss_kb() -> u64 {
     proc_mem(std::process::id()).map(|m| m.0).unwrap_or(0)

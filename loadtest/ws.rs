@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use clawgate::auth::device::{self, SignedFields};
 use clawgate::transport::ws::codec::{encode_frame_masked, Decoder, Message, OpCode, Role};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+};
 use monoio::net::TcpStream;
 use serde_json::json;
 
@@ -225,7 +227,11 @@ impl Reader {
     /// The read is cancelled through the driver and then awaited to completion, never
     /// dropped: with io_uring a dropped in-flight read can still complete in the kernel and
     /// its bytes would be lost (the stream would then resume mid-frame).
-    pub async fn fill_for<R: CancelableAsyncReadRent>(&mut self, io: &mut R, wait: Duration) -> Res<bool> {
+    pub async fn fill_for<R: CancelableAsyncReadRent>(
+        &mut self,
+        io: &mut R,
+        wait: Duration,
+    ) -> Res<bool> {
         let scratch = self.take_scratch();
         let canceller = Canceller::new();
         let read = io.cancelable_read(scratch, canceller.handle());
@@ -299,8 +305,13 @@ fn report_decode_error(e: &clawgate::transport::ws::codec::WsError, buf: &[u8]) 
         return;
     }
     let head: Vec<String> = buf.iter().take(48).map(|b| format!("{b:02x}")).collect();
-    let text = String::from_utf8_lossy(&buf[..buf.len().min(160)]).replace(|c: char| c.is_control(), ".");
-    eprintln!("decode error: {e} (buffered {} bytes) head: {} | {text}", buf.len(), head.join(" "));
+    let text =
+        String::from_utf8_lossy(&buf[..buf.len().min(160)]).replace(|c: char| c.is_control(), ".");
+    eprintln!(
+        "decode error: {e} (buffered {} bytes) head: {} | {text}",
+        buf.len(),
+        head.join(" ")
+    );
 }
 
 /// One open connection.
