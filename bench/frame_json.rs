@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Request-frame parsing: serde_json (borrowing from the read buffer) vs simd-json (which
 //! needs a mutable buffer; measured both in place and with the copy a `&[u8]` caller pays).
 //! Frames are the real CLI's, from tests/vectors.

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! RFC 6455 codec benchmarks (`transport::ws::codec`).
 //!
 //! Run: `cargo bench --bench ws_codec -- --warm-up-time 1 --measurement-time 3`

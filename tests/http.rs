@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! HTTP/1.1 on the gateway port, against the real binary, on both drivers.
 mod support;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The real OpenClaw CLI (npm `openclaw@2026.9.6`, installed by scripts/setup-test-peers.sh)
 //! against clawgate. Under CI=true a missing CLI fails these tests instead of skipping them.
 mod support;
@@ -125,19 +126,19 @@ fn real_cli_health_and_probe_succeed() {
 fn real_cli_signed_device_connect_pairs_and_reconnects_with_its_device_token() {
     let Some(cli) = real_cli() else { return };
     let g = Gateway::start("uring");
-    let url = g.url();
+    let port = g.port.to_string();
     let home = temp_dir("cli-home");
-    // --password makes the CLI sign a device identity (the gateway is in token mode; the
-    // shared secret arrives in the password field, which token mode accepts).
+    // `system presence` (a read-write CLI command) creates the CLI's device identity, signs the
+    // connect (the shared secret travels as --password on loopback, which token mode accepts)
+    // and stores the device token from hello-ok. `gateway call` is read-only and never does.
     let o = run(
         &cli,
         &home,
         &[
-            "gateway",
-            "call",
-            "status",
-            "--url",
-            &url,
+            "system",
+            "presence",
+            "--port",
+            &port,
             "--password",
             &g.token,
             "--json",
@@ -148,29 +149,109 @@ fn real_cli_signed_device_connect_pairs_and_reconnects_with_its_device_token() {
         .expect("pairing persisted");
     let reg: Value = serde_json::from_str(&paired).unwrap();
     assert_eq!(reg["devices"].as_array().map(Vec::len), Some(1), "{paired}");
-    // The CLI stored the issued device token; a second call (scope upgrade to pairing) reuses
-    // the same identity.
+    // No credentials at all now: only the stored device token (auth.deviceToken + signed
+    // device) can authenticate this call.
+    let o = run(
+        &cli,
+        &home,
+        &["gateway", "call", "status", "--port", &port, "--json"],
+    );
+    assert_eq!(
+        o.code, 0,
+        "reconnect with device token: stdout={} stderr={}",
+        o.stdout, o.stderr
+    );
+    assert!(json_of(&o)["sessions"].is_object());
+    // A signed connect with the shared secret returns the same token (it is not rotated), so
+    // the stored one keeps working.
     let o = run(
         &cli,
         &home,
         &[
             "gateway",
             "call",
-            "device.pair.list",
-            "--url",
-            &url,
+            "status",
+            "--port",
+            &port,
             "--password",
             &g.token,
             "--json",
         ],
     );
     assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
-    let v = json_of(&o);
-    assert_eq!(v["paired"].as_array().map(Vec::len), Some(1), "{v}");
-    let scopes = v["paired"][0]["scopes"].as_array().unwrap().clone();
-    assert!(
-        scopes.iter().any(|s| s == "operator.pairing")
-            && scopes.iter().any(|s| s == "operator.read"),
-        "{scopes:?}"
+    let o = run(
+        &cli,
+        &home,
+        &["gateway", "call", "health", "--port", &port, "--json"],
     );
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+}
+
+#[test]
+fn real_cli_runs_a_chat_against_the_offline_agent() {
+    let Some(cli) = real_cli() else { return };
+    let g = Gateway::start("uring");
+    let url = g.url();
+    let home = temp_dir("cli-home");
+    let params = r#"{"sessionKey":"main","message":"hello from the real cli","idempotencyKey":"cli-chat-1"}"#;
+    let o = run(
+        &cli,
+        &home,
+        &[
+            "gateway",
+            "call",
+            "chat.send",
+            "--params",
+            params,
+            "--url",
+            &url,
+            "--token",
+            &g.token,
+            "--json",
+        ],
+    );
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+    assert_eq!(json_of(&o)["runId"], "cli-chat-1");
+    let params = r#"{"runId":"cli-chat-1","timeoutMs":10000}"#;
+    let o = run(
+        &cli,
+        &home,
+        &[
+            "gateway",
+            "call",
+            "agent.wait",
+            "--params",
+            params,
+            "--url",
+            &url,
+            "--token",
+            &g.token,
+            "--json",
+        ],
+    );
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+    assert_eq!(json_of(&o)["status"], "ok");
+    let params = r#"{"sessionKey":"main"}"#;
+    let o = run(
+        &cli,
+        &home,
+        &[
+            "gateway",
+            "call",
+            "chat.history",
+            "--params",
+            params,
+            "--url",
+            &url,
+            "--token",
+            &g.token,
+            "--json",
+        ],
+    );
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+    let h = json_of(&o);
+    let msgs = h["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{h}");
+    let reply = msgs[1]["content"][0]["text"].as_str().unwrap();
+    assert!(reply.contains("hello from the real cli"), "{reply}");
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Property tests for the RFC 6455 codec (`transport::ws::codec`).
 //!
 //! * Streams of text/binary messages of arbitrary sizes (up to ~70 KB), arbitrarily

@@ -123,6 +123,12 @@ struct RunArgs {
     /// Handshake timeout in ms (default 15000).
     #[arg(long, hide = true)]
     handshake_timeout_ms: Option<u64>,
+    /// Per-connection write budget in bytes (default 52428800 = policy.maxBufferedBytes).
+    #[arg(long, hide = true)]
+    max_buffered_bytes: Option<usize>,
+    /// Queued bytes above which droppable events are skipped (default 1 MiB).
+    #[arg(long, hide = true)]
+    drop_threshold_bytes: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -359,6 +365,12 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = a.handshake_timeout_ms {
         opts.handshake_timeout_ms = t;
     }
+    if let Some(b) = a.max_buffered_bytes {
+        opts.budget.max_buffered = b.max(64 * 1024);
+    }
+    if let Some(b) = a.drop_threshold_bytes {
+        opts.budget.drop_threshold = b.min(opts.budget.max_buffered);
+    }
     let (listeners, addr) = runtime::bind_listeners(SocketAddr::new(ip, port), workers)?;
     let shared = Arc::new(Shared {
         config: Arc::new(cfg),
@@ -434,12 +446,8 @@ fn connect_for(c: &ClientArgs, scopes: Vec<String>) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-fn print_result(v: &Value, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    } else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    }
+fn print_result(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
@@ -463,7 +471,7 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let mut c = connect_for(&a.client, scopes)?;
     match c.call(&a.method, params) {
         Ok(v) => {
-            print_result(&v, a.client.json);
+            print_result(&v);
             c.close();
             Ok(ExitCode::SUCCESS)
         }
@@ -483,7 +491,7 @@ fn health(a: ClientArgs) -> anyhow::Result<ExitCode> {
     let mut c = connect_for(&a, vec!["operator.read".into()])?;
     let v = c.call("health", serde_json::json!({}))?;
     if a.json {
-        print_result(&v, true);
+        print_result(&v);
     } else {
         println!("Gateway: ok={} (uptime {} ms)", v["ok"], v["durationMs"]);
     }

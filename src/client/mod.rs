@@ -87,6 +87,8 @@ pub struct ConnectOptions {
     pub max_protocol: u32,
     /// I/O timeout.
     pub timeout: Duration,
+    /// SO_RCVBUF for the socket (tests use a tiny one to play a slow consumer).
+    pub recv_buffer: Option<usize>,
 }
 
 impl Default for ConnectOptions {
@@ -103,6 +105,7 @@ impl Default for ConnectOptions {
             min_protocol: 4,
             max_protocol: 4,
             timeout: Duration::from_secs(10),
+            recv_buffer: None,
         }
     }
 }
@@ -139,8 +142,34 @@ fn parse_url(url: &str) -> Result<(String, String), ClientError> {
 impl Client {
     /// Open the socket and complete the HTTP upgrade (no protocol handshake yet).
     pub fn open(url: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::open_with(url, timeout, None)
+    }
+
+    /// [`Client::open`] with an optional SO_RCVBUF set before connecting.
+    pub fn open_with(
+        url: &str,
+        timeout: Duration,
+        recv_buffer: Option<usize>,
+    ) -> Result<Self, ClientError> {
         let (hostport, path) = parse_url(url)?;
-        let stream = TcpStream::connect(&hostport)?;
+        let stream = match recv_buffer {
+            None => TcpStream::connect(&hostport)?,
+            Some(size) => {
+                use std::net::ToSocketAddrs as _;
+                let addr = hostport
+                    .to_socket_addrs()?
+                    .next()
+                    .ok_or_else(|| ClientError::Url(url.into()))?;
+                let sock = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    None,
+                )?;
+                sock.set_recv_buffer_size(size)?;
+                sock.connect(&addr.into())?;
+                sock.into()
+            }
+        };
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
@@ -252,7 +281,7 @@ impl Client {
 
     /// Connect and complete the protocol handshake; returns the client and the hello-ok payload.
     pub fn connect(url: &str, o: &ConnectOptions) -> Result<(Self, Value), ClientError> {
-        let mut c = Self::open(url, o.timeout)?;
+        let mut c = Self::open_with(url, o.timeout, o.recv_buffer)?;
         let challenge = c.next_json()?;
         let nonce = challenge["payload"]["nonce"]
             .as_str()

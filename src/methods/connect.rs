@@ -48,6 +48,17 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     };
     let shared = s.core.shared.clone();
     let auth = p.auth.clone().unwrap_or_default();
+    tracing::debug!(
+        message = "Connect.",
+        client = %p.client.id,
+        mode = %p.client.mode,
+        role = %p.role(),
+        device = p.device.is_some(),
+        token = auth.token.is_some(),
+        password = auth.password.is_some(),
+        device_token = auth.device_token.is_some(),
+        local = s.local
+    );
     let mode = shared.auth.mode;
 
     // 1. Shared secret: the mode picks the configured secret; either field may carry it.
@@ -73,8 +84,14 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     });
     let token_match = device_token.and_then(|t| {
         let reg = s.core.devices.borrow();
-        reg.check_token(t)
-            .map(|(d, rec)| (d.device_id.clone(), rec.role.clone(), rec.scopes.clone()))
+        reg.check_token(t).map(|(d, rec)| {
+            (
+                d.device_id.clone(),
+                rec.role.clone(),
+                rec.scopes.clone(),
+                rec.rotated_at_ms.unwrap_or(rec.created_at_ms),
+            )
+        })
     });
 
     let requested: Vec<String> = p.scopes().to_vec();
@@ -111,14 +128,16 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
         };
         let token_for_this_device = token_match
             .as_ref()
-            .filter(|(d, r, _)| *d == verified.device_id && *r == role);
+            .filter(|(d, r, _, _)| *d == verified.device_id && *r == role);
         if shared_ok == Some(true) {
             via = Via::Shared;
-        } else if let Some((d, _, sc)) = token_for_this_device {
+        } else if let Some((d, _, sc, at)) = token_for_this_device {
             via = Via::DeviceToken {
                 device_id: d.clone(),
                 scopes: sc.clone(),
             };
+            // The real gateway hands the (unchanged) token back on every device connect.
+            issued = device_token.map(|t| (t.to_string(), *at));
         } else {
             return s.fail(
                 id,
@@ -154,7 +173,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
                     .borrow()
                     .get(&verified.device_id)
                     .is_some_and(|d| {
-                        d.roles.iter().any(|r| *r == role)
+                        d.roles.contains(&role)
                             && requested.iter().all(|r| scopes::satisfied(&d.scopes, r))
                     });
                 if !s.local && !paired_ok {
@@ -185,7 +204,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
         } else {
             Vec::new()
         };
-    } else if let Some((d, r, granted)) = token_match.filter(|(_, r, _)| *r == role) {
+    } else if let Some((d, r, granted, at)) = token_match.filter(|(_, r, _, _)| *r == role) {
         if let Some(missing) = requested.iter().find(|x| !scopes::satisfied(&granted, x)) {
             let err = auth_error(
                 &format!("unauthorized: device token lacks scope {missing}"),
@@ -196,6 +215,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
             return s.fail(id, err, 1008);
         }
         let _ = r;
+        issued = device_token.map(|t| (t.to_string(), at));
         via = Via::DeviceToken {
             device_id: d.clone(),
             scopes: granted,

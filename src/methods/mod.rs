@@ -5,6 +5,7 @@
 //! directly (the session queues the response on the connection's outbox).
 //! Must not touch: raw bytes or the WebSocket layer.
 
+pub mod chat;
 pub mod connect;
 pub mod system;
 
@@ -32,7 +33,16 @@ pub enum RoleReq {
 }
 
 /// A synchronous handler: session + params → payload or error.
-pub type Handler = fn(&Session, &Value) -> Result<Value, ErrorShape>;
+pub type SyncHandler = fn(&Session, &Value) -> Result<Value, ErrorShape>;
+
+/// How a method is executed.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    /// Answered on this core, right away.
+    Sync(SyncHandler),
+    /// Routed to the session's owner core (may answer twice, like `agent`).
+    Chat(chat::ChatMethod),
+}
 
 /// One row of the method table.
 pub struct MethodSpec {
@@ -53,72 +63,133 @@ pub static TABLE: &[MethodSpec] = &[
         name: "health",
         role: RoleReq::Any,
         scope: None,
-        handler: system_methods::health,
+        handler: Handler::Sync(system_methods::health),
     },
     MethodSpec {
         name: "status",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
-        handler: system_methods::status,
+        handler: Handler::Sync(system_methods::status),
     },
     MethodSpec {
         name: "system-presence",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
-        handler: system_methods::presence,
+        handler: Handler::Sync(system_methods::presence),
     },
     MethodSpec {
         name: "system-event",
         role: RoleReq::Operator,
         scope: Some(scopes::ADMIN),
-        handler: system_methods::system_event,
+        handler: Handler::Sync(system_methods::system_event),
     },
     MethodSpec {
         name: "last-heartbeat",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
-        handler: system_methods::last_heartbeat,
+        handler: Handler::Sync(system_methods::last_heartbeat),
     },
     MethodSpec {
         name: "models.list",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
-        handler: system_methods::models_list,
+        handler: Handler::Sync(system_methods::models_list),
     },
     MethodSpec {
         name: "agents.list",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
-        handler: system_methods::agents_list,
+        handler: Handler::Sync(system_methods::agents_list),
     },
     MethodSpec {
         name: "config.get",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
-        handler: system_methods::config_get,
+        handler: Handler::Sync(system_methods::config_get),
     },
     MethodSpec {
         name: "sessions.list",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
-        handler: system_methods::sessions_list,
+        handler: Handler::Chat(chat::ChatMethod::SessionsList),
+    },
+    MethodSpec {
+        name: "sessions.preview",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: Handler::Chat(chat::ChatMethod::SessionsPreview),
+    },
+    MethodSpec {
+        name: "sessions.patch",
+        role: RoleReq::Operator,
+        scope: Some(scopes::WRITE),
+        handler: Handler::Chat(chat::ChatMethod::SessionsPatch),
+    },
+    MethodSpec {
+        name: "sessions.reset",
+        role: RoleReq::Operator,
+        scope: Some(scopes::ADMIN),
+        handler: Handler::Chat(chat::ChatMethod::SessionsReset),
+    },
+    MethodSpec {
+        name: "sessions.delete",
+        role: RoleReq::Operator,
+        scope: Some(scopes::ADMIN),
+        handler: Handler::Chat(chat::ChatMethod::SessionsDelete),
+    },
+    MethodSpec {
+        name: "chat.history",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: Handler::Chat(chat::ChatMethod::History),
+    },
+    MethodSpec {
+        name: "chat.send",
+        role: RoleReq::Operator,
+        scope: Some(scopes::WRITE),
+        handler: Handler::Chat(chat::ChatMethod::Send),
+    },
+    MethodSpec {
+        name: "chat.abort",
+        role: RoleReq::Operator,
+        scope: Some(scopes::WRITE),
+        handler: Handler::Chat(chat::ChatMethod::Abort),
+    },
+    MethodSpec {
+        name: "agent",
+        role: RoleReq::Operator,
+        scope: Some(scopes::WRITE),
+        handler: Handler::Chat(chat::ChatMethod::Agent),
+    },
+    MethodSpec {
+        name: "agent.wait",
+        role: RoleReq::Operator,
+        scope: Some(scopes::WRITE),
+        handler: Handler::Chat(chat::ChatMethod::AgentWait),
     },
     MethodSpec {
         name: "node.list",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
-        handler: system_methods::node_list,
+        handler: Handler::Sync(system_methods::node_list),
     },
     MethodSpec {
         name: "device.pair.list",
         role: RoleReq::Operator,
         scope: Some(scopes::PAIRING),
-        handler: system_methods::device_pair_list,
+        handler: Handler::Sync(system_methods::device_pair_list),
     },
 ];
 
 /// Events clawgate emits (`features.events`).
-pub static EVENTS: &[&str] = &["tick", "presence", "shutdown"];
+pub static EVENTS: &[&str] = &[
+    "tick",
+    "presence",
+    "shutdown",
+    "chat",
+    "agent",
+    "sessions.changed",
+];
 
 /// Names of [`TABLE`] in order.
 pub fn method_names() -> Vec<&'static str> {
@@ -244,15 +315,18 @@ impl Session {
             return connect::handle(self, &id, req.params).await;
         };
         let params = req.params.unwrap_or(Value::Null);
-        let result = self.dispatch(&authority, &req.method, &params);
-        match result {
-            Ok(v) => self.reply(&encode_ok(&req.id, &v)),
+        match self.dispatch(&authority, &req.method) {
+            Ok(Handler::Sync(f)) => match f(self, &params) {
+                Ok(v) => self.reply(&encode_ok(&req.id, &v)),
+                Err(e) => self.reply(&encode_err(&req.id, &e, None)),
+            },
+            Ok(Handler::Chat(m)) => chat::handle(self, m, &req.id, &params).await,
             Err(e) => self.reply(&encode_err(&req.id, &e, None)),
         }
         Verdict::Continue
     }
 
-    fn dispatch(&self, a: &Authority, method: &str, params: &Value) -> Result<Value, ErrorShape> {
+    fn dispatch(&self, a: &Authority, method: &str) -> Result<Handler, ErrorShape> {
         if method == "connect" {
             return Err(ErrorShape::invalid(
                 "connect already completed on this socket",
@@ -275,7 +349,7 @@ impl Session {
                 return Err(ErrorShape::missing_scope(scope));
             }
         }
-        (spec.handler)(self, params)
+        Ok(spec.handler)
     }
 
     /// Called by `connect` on success.
@@ -298,9 +372,27 @@ impl Session {
         self.nonce.take()
     }
 
-    /// Queue a frame (used by `connect`).
+    /// Queue a frame (used by `connect` and the chat methods).
     pub(crate) fn send(&self, bytes: &[u8]) {
         self.reply(bytes);
+    }
+
+    /// The connection's outbox (for responses sent later, like `agent`'s final one).
+    pub(crate) fn outbox_handle(&self) -> Rc<Outbox> {
+        self.outbox.clone()
+    }
+
+    /// A view with the given sessions (sessions.list gathers them from every core).
+    pub fn with_sessions_view<R>(
+        &self,
+        sessions: &[system::SessionSummary],
+        f: impl FnOnce(&system::SystemView<'_>) -> R,
+    ) -> R {
+        let admin = self
+            .authority
+            .as_ref()
+            .is_some_and(|a| scopes::satisfied(&a.scopes, scopes::ADMIN));
+        with_view_sessions(&self.core, admin, sessions, f)
     }
 
     /// The socket is gone.
@@ -346,6 +438,15 @@ pub fn with_view<R>(
     include_sensitive: bool,
     f: impl FnOnce(&system::SystemView<'_>) -> R,
 ) -> R {
+    with_view_sessions(core, include_sensitive, &[], f)
+}
+
+fn with_view_sessions<R>(
+    core: &Core,
+    include_sensitive: bool,
+    sessions: &[system::SessionSummary],
+    f: impl FnOnce(&system::SystemView<'_>) -> R,
+) -> R {
     let cfg = &core.shared.config;
     let sessions_path = cfg
         .paths
@@ -363,7 +464,7 @@ pub fn with_view<R>(
         host: &core.shared.host,
         ip: "127.0.0.1",
         instance_id: &core.shared.instance_id,
-        sessions: &[],
+        sessions,
         sessions_path: &sessions_path,
         heartbeat_seconds: 0,
         platform: std::env::consts::OS,
@@ -404,10 +505,6 @@ mod system_methods {
     }
     pub(super) fn config_get(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(s.with_view(system::config_get))
-    }
-    pub(super) fn sessions_list(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
-        s.with_view(|v| system::sessions_list(v, p))
-            .map_err(|m| ErrorShape::invalid_params("sessions.list", m))
     }
     pub(super) fn node_list(_s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(json!({"ts": now_ms(), "nodes": []}))

@@ -182,6 +182,11 @@ pub enum MeshMsg {
     PresenceLeave((usize, u64)),
     /// New presence snapshot (replica update).
     PresenceSnapshot(Arc<PresenceSnap>),
+    /// To a session's owner core: run this op and reply.
+    SessionOp(
+        Box<crate::state::sessions::SessionOp>,
+        Arc<ReplySlot<crate::state::sessions::OpReply>>,
+    ),
     /// Stop accepting and close every connection with 1001.
     Shutdown,
 }
@@ -225,11 +230,18 @@ pub struct Core {
     pub health_version: Cell<u64>,
     /// Broadcasts this core could not relay (a peer queue was full).
     pub relay_drops: Cell<u64>,
+    /// The sessions this core owns.
+    pub sessions: crate::state::sessions::SessionOwner,
 }
 
 impl Core {
     /// Build a core's state.
-    pub fn new(id: usize, shared: Arc<Shared>, devices: DeviceRegistry) -> Self {
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        devices: DeviceRegistry,
+        sessions: crate::state::sessions::SessionOwner,
+    ) -> Self {
         let core = Self {
             id,
             shared,
@@ -241,6 +253,7 @@ impl Core {
             presence_master: RefCell::new(BTreeMap::new()),
             health_version: Cell::new(1),
             relay_drops: Cell::new(0),
+            sessions,
         };
         let snap = core.build_presence(1);
         *core.presence.borrow_mut() = Arc::new(snap);
@@ -400,14 +413,57 @@ impl Core {
                 }
             }
             MeshMsg::PresenceSnapshot(s) => *self.presence.borrow_mut() = s,
+            // Needs an `Rc<Core>` to spawn: handled by the worker loop (`on_mesh_rc`).
+            MeshMsg::SessionOp(_, reply) => reply.send(crate::state::sessions::OpReply::NotHere),
             MeshMsg::Shutdown => {}
         }
     }
 
-    /// Core 0: apply a pairing, persist it, replicate it, issue the token.
-    pub fn pair_as_owner(&self, job: &PairJob) -> PairOutcome {
+    /// Handle a mesh message that may need to spawn work on this core.
+    pub fn on_mesh_rc(self: &Rc<Self>, msg: MeshMsg) {
+        match msg {
+            MeshMsg::SessionOp(op, reply) => {
+                let core = self.clone();
+                monoio::spawn(async move {
+                    let r = crate::state::sessions::exec(&core, *op).await;
+                    reply.send(r);
+                });
+            }
+            other => self.on_mesh(other),
+        }
+    }
+
+    /// Send a session op to its owner core and wait for the answer.
+    pub async fn session_op_remote(
+        &self,
+        owner: usize,
+        op: crate::state::sessions::SessionOp,
+    ) -> crate::state::sessions::OpReply {
+        let slot = ReplySlot::new();
+        if let Err(MeshMsg::SessionOp(..)) = self.shared.mesh.send(
+            self.id,
+            owner,
+            MeshMsg::SessionOp(Box::new(op), slot.clone()),
+        ) {
+            return crate::state::sessions::OpReply::Value(Err(
+                crate::protocol::error::ErrorShape::new(
+                    crate::protocol::error::UNAVAILABLE,
+                    "session owner core is busy",
+                )
+                .retry_after(100),
+            ));
+        }
+        slot.wait().await
+    }
+
+    /// Core 0: apply a pairing and issue (or return) the token, without persisting.
+    /// Returns the outcome and whether the registry changed materially.
+    fn pair_apply(&self, job: &PairJob) -> (PairOutcome, bool) {
         let now = now_ms();
         let mut reg = self.devices.borrow_mut();
+        let before = reg
+            .get(&job.device_id)
+            .map(|d| (d.roles.clone(), d.scopes.clone()));
         let req = PairingRequest {
             device_id: &job.device_id,
             public_key: &job.public_key,
@@ -420,32 +476,87 @@ impl Core {
         };
         let rec = reg.approve_silently(&req, now);
         if rec.public_key != job.public_key {
-            return PairOutcome::Failed("device id is bound to a different public key".into());
+            return (
+                PairOutcome::Failed("device id is bound to a different public key".into()),
+                false,
+            );
         }
+        let changed_pairing = before.as_ref() != Some(&(rec.roles.clone(), rec.scopes.clone()));
         let granted = rec.scopes.clone();
-        let Some(token) = reg.issue_token(&job.device_id, &job.role, &granted, now) else {
-            return PairOutcome::Failed("device vanished during pairing".into());
-        };
-        // Durable before acknowledged: the client only sees the token once it is on disk.
+        match reg.ensure_token(&job.device_id, &job.role, &granted, now) {
+            Some((token, issued_at_ms, changed_token)) => (
+                PairOutcome::Approved {
+                    token,
+                    issued_at_ms,
+                },
+                changed_pairing || changed_token,
+            ),
+            None => (
+                PairOutcome::Failed("device vanished during pairing".into()),
+                false,
+            ),
+        }
+    }
+
+    /// Core 0: persist the registry (group commit for a batch of pairings) and replicate the
+    /// changed devices to every core. Durable before acknowledged: callers reply only after.
+    fn pair_commit(&self, device_ids: &[&str]) -> Result<(), String> {
+        let reg = self.devices.borrow();
         if let Err(e) = reg.save(&self.shared.config.paths.state_dir) {
             tracing::error!(message = "Persisting paired devices failed.", error = %e);
-            return PairOutcome::Failed(format!("cannot persist pairing: {e}"));
+            return Err(format!("cannot persist pairing: {e}"));
         }
-        if let Some(rec) = reg.get(&job.device_id) {
-            let rec = Arc::new(rec.clone());
-            for to in 0..self.shared.mesh.cores() {
-                if to != self.id {
-                    let _ = self
-                        .shared
-                        .mesh
-                        .send(self.id, to, MeshMsg::DeviceUpsert(rec.clone()));
+        for id in device_ids {
+            if let Some(rec) = reg.get(id) {
+                let rec = Arc::new(rec.clone());
+                for to in 0..self.shared.mesh.cores() {
+                    if to != self.id {
+                        let _ =
+                            self.shared
+                                .mesh
+                                .send(self.id, to, MeshMsg::DeviceUpsert(rec.clone()));
+                    }
                 }
             }
         }
-        PairOutcome::Approved {
-            token,
-            issued_at_ms: now,
+        Ok(())
+    }
+
+    /// Core 0: apply a batch of pairing jobs with one fsync'd save, then reply to each.
+    pub fn pair_batch(&self, jobs: Vec<(Box<PairJob>, Arc<ReplySlot<PairOutcome>>)>) {
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut changed = Vec::new();
+        for (job, reply) in &jobs {
+            let (outcome, dirty) = self.pair_apply(job);
+            if dirty {
+                changed.push(job.device_id.as_str());
+            }
+            results.push((outcome, reply.clone()));
         }
+        let commit = if changed.is_empty() {
+            Ok(())
+        } else {
+            self.pair_commit(&changed)
+        };
+        for (outcome, reply) in results {
+            reply.send(match (&commit, outcome) {
+                (Err(e), PairOutcome::Approved { .. }) => PairOutcome::Failed(e.clone()),
+                (_, o) => o,
+            });
+        }
+    }
+
+    /// Core 0: pair one device (apply, persist if changed, replicate).
+    pub fn pair_as_owner(&self, job: &PairJob) -> PairOutcome {
+        let (outcome, dirty) = self.pair_apply(job);
+        if dirty {
+            if let (Err(e), PairOutcome::Approved { .. }) =
+                (self.pair_commit(&[job.device_id.as_str()]), &outcome)
+            {
+                return PairOutcome::Failed(e);
+            }
+        }
+        outcome
     }
 
     /// Ask core 0 to pair (direct call when we are core 0).

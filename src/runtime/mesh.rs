@@ -14,7 +14,7 @@ use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 
 /// Capacity of each ordered-pair queue.
-pub const QUEUE_CAPACITY: usize = 8192;
+pub const QUEUE_CAPACITY: usize = 2048;
 
 /// The mesh of `n × n` queues (the diagonal is unused: a core calls itself directly).
 pub struct Mesh<M> {

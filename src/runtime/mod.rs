@@ -110,6 +110,16 @@ pub fn start(
             shared.config.paths.state_dir.display()
         )
     })?;
+    crate::store::sessions::SessionShard::repartition(
+        &shared.config.paths.state_dir,
+        shared.opts.workers,
+    )
+    .with_context(|| {
+        format!(
+            "cannot prepare the session store in {}",
+            shared.config.paths.state_dir.display()
+        )
+    })?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -158,7 +168,26 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
             return;
         }
     };
-    let core = Rc::new(Core::new(id, shared.clone(), devices));
+    let shard = match crate::store::sessions::SessionShard::load(
+        &shared.config.paths.state_dir,
+        id,
+        shared.opts.workers,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(message = "Cannot load this core's session shard.", core = id, error = %e);
+            shared.shutting_down.store(true, Ordering::Release);
+            return;
+        }
+    };
+    let cap = shared
+        .config
+        .max_concurrent
+        .div_ceil(shared.opts.workers.max(1));
+    let policy = crate::state::policy::SessionPolicy::from_config(&shared.config.parsed);
+    let sessions =
+        crate::state::sessions::SessionOwner::new(shard, cap, policy, shared.opts.workers);
+    let core = Rc::new(Core::new(id, shared.clone(), devices, sessions));
     let stop = Rc::new(std::cell::Cell::new(false));
 
     monoio::spawn(ticker(core.clone(), stop.clone()));
@@ -169,11 +198,21 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
     let mut batch = Vec::new();
     'outer: loop {
         shared.mesh.recv_batch(id, &mut batch).await;
+        // Pairings in one batch share a single fsync'd save (group commit).
+        let mut pairs = Vec::new();
+        let mut stop_now = false;
         for m in batch.drain(..) {
-            if matches!(m, MeshMsg::Shutdown) {
-                break 'outer;
+            match m {
+                MeshMsg::Shutdown => stop_now = true,
+                MeshMsg::Pair(job, reply) => pairs.push((job, reply)),
+                other => core.on_mesh_rc(other),
             }
-            core.on_mesh(m);
+        }
+        if !pairs.is_empty() {
+            core.pair_batch(pairs);
+        }
+        if stop_now {
+            break 'outer;
         }
     }
     shared.accepting.fetch_sub(1, Ordering::AcqRel);
@@ -223,15 +262,24 @@ async fn accept_loop(
 async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
     let every = Duration::from_millis(core.shared.opts.tick_interval_ms.max(10));
     // Ping checks run more often than ticks so a dead peer is found within the pong window.
-    let check = every.min(
-        Duration::from_millis(core.shared.opts.pong_timeout_ms.max(10) / 2)
-            .max(Duration::from_millis(10)),
-    );
+    // Also the session store's flush cadence (batched fsync window ≤ 1 s).
+    let check = every
+        .min(
+            Duration::from_millis(core.shared.opts.pong_timeout_ms.max(10) / 2)
+                .max(Duration::from_millis(10)),
+        )
+        .min(Duration::from_secs(1));
     let mut last_tick = std::time::Instant::now();
+    let mut last_maintenance = std::time::Instant::now();
     loop {
         monoio::time::sleep(check).await;
         if stop.get() {
             return;
+        }
+        core.sessions.flush();
+        if last_maintenance.elapsed() >= Duration::from_secs(60) {
+            last_maintenance = std::time::Instant::now();
+            core.sessions.maintain(core::now_ms());
         }
         let now = core.shared.uptime_ms();
         let pong_window = i64::try_from(core.shared.opts.pong_timeout_ms).unwrap_or(i64::MAX);

@@ -1,1 +1,5 @@
-//! Per-core state lives in `runtime::core`; this module is reserved for sessions and lanes.
+//! Per-core owned state beyond connections: the sessions this core owns, their lanes, runs
+//! and the idempotency dedupe cache.
+
+pub mod policy;
+pub mod sessions;

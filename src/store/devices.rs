@@ -1,7 +1,7 @@
 //! Paired devices and their tokens, persisted at `<state_dir>/devices/paired.json`.
 //!
 //! File format: `{"version":1,"devices":[PairedDevice…]}` (camelCase fields), written with
-//! [`write_atomic`] at mode 0600. Token secrets are never stored, only their SHA-256.
+//! [`write_atomic`] at mode 0600. Token secrets are stored (0600) beside their SHA-256 index so a reconnecting device gets the same token back.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ pub const FILE_VERSION: u32 = 1;
 /// `approvedVia` for loopback auto-approval.
 pub const APPROVED_VIA_SILENT: &str = "silent";
 
-/// A token issued to a device for one role. Only the SHA-256 of the secret is stored.
+/// A token issued to a device for one role. Looked up by the SHA-256 of the secret.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceTokenRecord {
@@ -34,6 +34,11 @@ pub struct DeviceTokenRecord {
     /// Last rotation time (ms).
     #[serde(default)]
     pub rotated_at_ms: Option<i64>,
+    /// The secret itself, so a reconnecting device gets the same token back (the real
+    /// gateway's `ensureDeviceToken` returns the existing token; rotating on every connect
+    /// breaks CLIs that discard the token in read-only mode). The file is 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 /// One paired device.
@@ -288,6 +293,7 @@ impl DeviceRegistry {
                 t.token_sha256 = hash_hex;
                 t.scopes = scopes.to_vec();
                 t.rotated_at_ms = Some(now_ms);
+                t.secret = Some(secret.clone());
             }
             None => dev.tokens.push(DeviceTokenRecord {
                 role: role.to_string(),
@@ -295,12 +301,43 @@ impl DeviceRegistry {
                 token_sha256: hash_hex,
                 created_at_ms: now_ms,
                 rotated_at_ms: None,
+                secret: Some(secret.clone()),
             }),
         }
         self.by_token_hash
             .insert(hash, (device_id.to_string(), role.to_string()));
         Some(secret)
     }
+    /// Return the existing token for (device, role) when it already covers `scopes`; otherwise
+    /// issue (rotate) one. Returns the secret, its issue time, and whether anything changed
+    /// (the caller persists only then).
+    pub fn ensure_token(
+        &mut self,
+        device_id: &str,
+        role: &str,
+        scopes: &[String],
+        now_ms: i64,
+    ) -> Option<(String, i64, bool)> {
+        let existing = self
+            .devices
+            .get(device_id)?
+            .tokens
+            .iter()
+            .find(|t| t.role == role)
+            .and_then(|t| {
+                let covers = scopes
+                    .iter()
+                    .all(|s| crate::auth::scopes::satisfied(&t.scopes, s));
+                let secret = t.secret.clone()?;
+                covers.then(|| (secret, t.rotated_at_ms.unwrap_or(t.created_at_ms)))
+            });
+        if let Some((secret, at)) = existing {
+            return Some((secret, at, false));
+        }
+        self.issue_token(device_id, role, scopes, now_ms)
+            .map(|s| (s, now_ms, true))
+    }
+
     /// Find the device and token record matching a presented secret (hash compare).
     ///
     /// The secret is hashed, looked up in the hash index and the stored hash re-checked in
@@ -598,7 +635,12 @@ mod tests {
             0o600
         );
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(&t), "secret must never be written");
+        // The secret is kept (file is 0600) so a reconnecting device gets the same token back,
+        // as the real gateway's ensureDeviceToken does.
+        assert!(
+            text.contains(&t),
+            "token secret must be persisted for ensure_token"
+        );
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["version"], 1);
         assert_eq!(v["devices"][0]["deviceId"], DEV_ID);

@@ -5,3 +5,4 @@
 
 pub mod atomic;
 pub mod devices;
+pub mod sessions;

@@ -125,7 +125,14 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 }
                 return;
             }
-            let local = peer.ip().is_loopback() && head.origin.is_none();
+            // `direct_local` (§4.1): loopback peer, no forwarding (a trusted proxy such as
+            // `tailscale serve` makes it remote), and no browser origin other than loopback.
+            let loopback_origin = head.origin.as_deref().is_none_or(|o| {
+                let host = o.split("://").nth(1).unwrap_or(o);
+                let host = host.split(['/', ':']).next().unwrap_or("");
+                matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+            });
+            let local = peer.ip().is_loopback() && !head.forwarded && loopback_origin;
             ws_session(core, stream, peer, buf, echo, local, first_deadline).await;
             return;
         }

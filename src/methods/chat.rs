@@ -1,0 +1,371 @@
+//! Session and chat methods: validate params, canonicalise the session key, and route the op
+//! to the session's owner core (`shard_of(key, workers)`) — directly or by one mesh hop.
+//!
+//! Owns: the wire shapes of chat.send/abort/history, agent/agent.wait and sessions.*.
+//! Must not touch: session state (that is `state::sessions` on the owner core).
+
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use super::Session;
+use crate::protocol::error::{ErrorShape, UNAVAILABLE};
+use crate::protocol::frames::{encode_err, encode_ok};
+use crate::runtime::core::Core;
+use crate::state::sessions::{OpReply, SessionOp};
+use crate::store::sessions::{canonical_key, shard_of};
+use crate::transport::ws::codec::OpCode;
+
+/// The asynchronous (session-routed) methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatMethod {
+    /// `chat.send`.
+    Send,
+    /// `chat.abort`.
+    Abort,
+    /// `chat.history`.
+    History,
+    /// `agent`.
+    Agent,
+    /// `agent.wait`.
+    AgentWait,
+    /// `sessions.list`.
+    SessionsList,
+    /// `sessions.preview`.
+    SessionsPreview,
+    /// `sessions.patch`.
+    SessionsPatch,
+    /// `sessions.reset`.
+    SessionsReset,
+    /// `sessions.delete`.
+    SessionsDelete,
+}
+
+fn obj<'a>(method: &str, p: &'a Value) -> Result<&'a serde_json::Map<String, Value>, ErrorShape> {
+    p.as_object()
+        .ok_or_else(|| ErrorShape::invalid_params(method, "params must be an object"))
+}
+
+fn req_str<'a>(
+    method: &str,
+    o: &'a serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<&'a str, ErrorShape> {
+    match o.get(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(ErrorShape::invalid_params(
+            method,
+            format!("at /{field}: must not be empty"),
+        )),
+        Some(_) => Err(ErrorShape::invalid_params(
+            method,
+            format!("at /{field}: must be string"),
+        )),
+        None => Err(ErrorShape::invalid_params(
+            method,
+            format!("at root: must have required property '{field}'"),
+        )),
+    }
+}
+
+fn opt_u64(
+    method: &str,
+    o: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<u64>, ErrorShape> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ErrorShape::invalid_params(
+                method,
+                format!("at /{field}: must be a non-negative integer"),
+            )
+        }),
+    }
+}
+
+fn key_of(s: &Session, method: &str, raw: &str) -> Result<String, ErrorShape> {
+    canonical_key(raw, s.core.shared.config.default_agent_id())
+        .map_err(|e| ErrorShape::invalid_params(method, e))
+}
+
+/// Run `op` on core `owner` (this core directly, else one mesh hop).
+pub async fn route(core: &Rc<Core>, owner: usize, op: SessionOp) -> OpReply {
+    if owner == core.id {
+        return crate::state::sessions::exec(core, op).await;
+    }
+    core.session_op_remote(owner, op).await
+}
+
+fn value(r: OpReply) -> Result<Value, ErrorShape> {
+    match r {
+        OpReply::Value(v) => v,
+        OpReply::Summaries(_) | OpReply::NotHere => Err(ErrorShape::new(
+            UNAVAILABLE,
+            "unexpected reply from session owner",
+        )),
+    }
+}
+
+/// Handle one session/chat method; queues the response(s) itself.
+pub async fn handle(s: &Session, m: ChatMethod, id: &str, params: &Value) {
+    let name = match m {
+        ChatMethod::Send => "chat.send",
+        ChatMethod::Abort => "chat.abort",
+        ChatMethod::History => "chat.history",
+        ChatMethod::Agent => "agent",
+        ChatMethod::AgentWait => "agent.wait",
+        ChatMethod::SessionsList => "sessions.list",
+        ChatMethod::SessionsPreview => "sessions.preview",
+        ChatMethod::SessionsPatch => "sessions.patch",
+        ChatMethod::SessionsReset => "sessions.reset",
+        ChatMethod::SessionsDelete => "sessions.delete",
+    };
+    let result = run(s, m, name, id, params).await;
+    match result {
+        Ok(Some(v)) => s.send(&encode_ok(id, &v)),
+        Ok(None) => {}
+        Err(e) => s.send(&encode_err(id, &e, None)),
+    }
+}
+
+async fn run(
+    s: &Session,
+    m: ChatMethod,
+    name: &str,
+    id: &str,
+    params: &Value,
+) -> Result<Option<Value>, ErrorShape> {
+    let core = &s.core;
+    let workers = core.shared.opts.workers;
+    let empty = serde_json::Map::new();
+    let o = if params.is_null() {
+        &empty
+    } else {
+        obj(name, params)?
+    };
+    match m {
+        ChatMethod::Send | ChatMethod::Agent => {
+            let message = match o.get("message") {
+                Some(Value::String(t)) => t.clone(),
+                _ => {
+                    return Err(ErrorShape::invalid_params(
+                        name,
+                        "at root: must have required property 'message'",
+                    ))
+                }
+            };
+            let idem = req_str(name, o, "idempotencyKey")?.to_string();
+            let raw_key = match m {
+                ChatMethod::Send => req_str(name, o, "sessionKey")?.to_string(),
+                _ => o
+                    .get("sessionKey")
+                    .and_then(Value::as_str)
+                    .unwrap_or("main")
+                    .to_string(),
+            };
+            let key = key_of(s, name, &raw_key)?;
+            let owner = shard_of(&key, workers);
+            let agent_style = m == ChatMethod::Agent;
+            let ack = value(
+                route(
+                    core,
+                    owner,
+                    SessionOp::Send {
+                        key,
+                        message,
+                        idem: idem.clone(),
+                        agent_style,
+                    },
+                )
+                .await,
+            )?;
+            if agent_style {
+                // First response now (accepted); the final one with the same id when the run ends.
+                s.send(&encode_ok(id, &ack));
+                let core = core.clone();
+                let outbox = s.outbox_handle();
+                let id = id.to_string();
+                monoio::spawn(async move {
+                    let r = route(
+                        &core,
+                        owner,
+                        SessionOp::Wait {
+                            run_id: idem.clone(),
+                            timeout_ms: 24 * 3600 * 1000,
+                        },
+                    )
+                    .await;
+                    let frame = match value(r) {
+                        Ok(v) if v["status"] == "ok" => encode_ok(
+                            &id,
+                            &json!({"runId": idem, "status": "ok", "summary": v["summary"]}),
+                        ),
+                        Ok(v) => {
+                            let msg = v["error"]
+                                .as_str()
+                                .or(v["summary"].as_str())
+                                .unwrap_or("agent run failed")
+                                .to_string();
+                            encode_err(
+                                &id,
+                                &ErrorShape::new(UNAVAILABLE, msg.clone()),
+                                Some(&json!({"runId": idem, "status": "error", "summary": msg})),
+                            )
+                        }
+                        Err(e) => encode_err(&id, &e, None),
+                    };
+                    outbox.push_frame(OpCode::Text, &frame);
+                });
+                return Ok(None);
+            }
+            Ok(Some(ack))
+        }
+        ChatMethod::Abort => {
+            let key = key_of(s, name, req_str(name, o, "sessionKey")?)?;
+            let run_id = o.get("runId").and_then(Value::as_str).map(str::to_string);
+            let owner = shard_of(&key, workers);
+            value(route(core, owner, SessionOp::Abort { key, run_id }).await).map(Some)
+        }
+        ChatMethod::History => {
+            let requested = req_str(name, o, "sessionKey")?.to_string();
+            let key = key_of(s, name, &requested)?;
+            let limit = opt_u64(name, o, "limit")?.unwrap_or(200).clamp(1, 1000) as usize;
+            let owner = shard_of(&key, workers);
+            value(
+                route(
+                    core,
+                    owner,
+                    SessionOp::History {
+                        key,
+                        requested,
+                        limit,
+                    },
+                )
+                .await,
+            )
+            .map(Some)
+        }
+        ChatMethod::AgentWait => {
+            let run_id = req_str(name, o, "runId")?.to_string();
+            let timeout_ms = opt_u64(name, o, "timeoutMs")?
+                .unwrap_or(30_000)
+                .min(24 * 3600 * 1000);
+            // The run lives on its session's owner; ask every core (scatter), first answer wins.
+            for c in 0..workers {
+                match route(
+                    core,
+                    c,
+                    SessionOp::Wait {
+                        run_id: run_id.clone(),
+                        timeout_ms,
+                    },
+                )
+                .await
+                {
+                    OpReply::NotHere => continue,
+                    other => {
+                        return value(other).map(|mut v| {
+                            if let Some(o) = v.as_object_mut() {
+                                o.remove("summary");
+                            }
+                            Some(v)
+                        })
+                    }
+                }
+            }
+            Err(ErrorShape::invalid(format!("unknown runId: {run_id}")))
+        }
+        ChatMethod::SessionsList => {
+            let mut all = Vec::new();
+            for c in 0..workers {
+                if let OpReply::Summaries(mut v) = route(core, c, SessionOp::List).await {
+                    all.append(&mut v);
+                }
+            }
+            s.with_sessions_view(&all, |v| super::system::sessions_list(v, params))
+                .map(Some)
+                .map_err(|e| ErrorShape::invalid_params(name, e))
+        }
+        ChatMethod::SessionsPreview => {
+            let keys = match o.get("keys") {
+                Some(Value::Array(a)) if !a.is_empty() => a.clone(),
+                _ => {
+                    return Err(ErrorShape::invalid_params(
+                        name,
+                        "at /keys: must be a non-empty array",
+                    ))
+                }
+            };
+            let limit = opt_u64(name, o, "limit")?.unwrap_or(12).clamp(1, 200) as usize;
+            let max_chars = opt_u64(name, o, "maxChars")?
+                .unwrap_or(240)
+                .clamp(20, 100_000) as usize;
+            let mut previews = Vec::new();
+            for k in keys {
+                let Some(requested) = k.as_str() else {
+                    return Err(ErrorShape::invalid_params(
+                        name,
+                        "at /keys: items must be strings",
+                    ));
+                };
+                let key = key_of(s, name, requested)?;
+                let owner = shard_of(&key, workers);
+                let op = SessionOp::Preview {
+                    key,
+                    requested: requested.to_string(),
+                    limit,
+                    max_chars,
+                };
+                previews.push(value(route(core, owner, op).await)?);
+            }
+            Ok(Some(
+                json!({"ts": crate::runtime::core::now_ms(), "previews": previews}),
+            ))
+        }
+        ChatMethod::SessionsPatch => {
+            let key = key_of(s, name, req_str(name, o, "key")?)?;
+            let mut patch = o.clone();
+            patch.remove("key");
+            patch.remove("agentId");
+            let owner = shard_of(&key, workers);
+            value(
+                route(
+                    core,
+                    owner,
+                    SessionOp::Patch {
+                        key,
+                        patch: Value::Object(patch),
+                    },
+                )
+                .await,
+            )
+            .map(Some)
+        }
+        ChatMethod::SessionsReset => {
+            let key = key_of(s, name, req_str(name, o, "key")?)?;
+            let owner = shard_of(&key, workers);
+            value(route(core, owner, SessionOp::Reset { key }).await).map(Some)
+        }
+        ChatMethod::SessionsDelete => {
+            let key = key_of(s, name, req_str(name, o, "key")?)?;
+            let delete_transcript = o
+                .get("deleteTranscript")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let owner = shard_of(&key, workers);
+            value(
+                route(
+                    core,
+                    owner,
+                    SessionOp::Delete {
+                        key,
+                        delete_transcript,
+                    },
+                )
+                .await,
+            )
+            .map(Some)
+        }
+    }
+}

@@ -1,0 +1,836 @@
+//! The sessions this core owns (`shard_of(key, workers) == core`), their lanes (one FIFO per
+//! session: one run at a time), the runs, and the idempotency dedupe cache.
+//!
+//! Owns: everything about a session's runs on its owner core. Reached only through
+//! [`SessionOp`]s — directly when the request arrived on the owner core, by one mesh hop
+//! otherwise. Must not touch: sockets (events go out through `Core::publish`).
+//!
+//! Concurrency cap: `agents.defaults.maxConcurrent` is split evenly across cores
+//! (ceil(max / workers) runs per core) so no core coordinates with another; queued runs wait
+//! in their lane and are reported as queued, never dropped.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::agents::{self, Abort, ChatMessage, ProviderEvent};
+use crate::auth::scopes;
+use crate::methods::system::SessionSummary;
+use crate::protocol::error::{ErrorShape, UNAVAILABLE};
+use crate::runtime::core::{now_ms, Core};
+use crate::store::sessions::{SessionShard, TranscriptMessage};
+
+/// Dedupe entries live this long (PROTOCOL.md §7).
+pub const DEDUPE_TTL_MS: i64 = 300_000;
+/// At most this many dedupe entries per core.
+pub const DEDUPE_MAX: usize = 1000;
+/// Default run timeout.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A request for the owner core of a session.
+#[derive(Debug)]
+pub enum SessionOp {
+    /// `chat.send` / `agent`: append the user message, queue a run.
+    Send {
+        /// Canonical key.
+        key: String,
+        /// User text.
+        message: String,
+        /// Idempotency key (= runId).
+        idem: String,
+        /// `agent` (accepted-style ack) vs `chat.send`.
+        agent_style: bool,
+    },
+    /// `chat.abort`.
+    Abort {
+        /// Canonical key.
+        key: String,
+        /// Only this run.
+        run_id: Option<String>,
+    },
+    /// `chat.history`.
+    History {
+        /// Canonical key.
+        key: String,
+        /// As sent by the client.
+        requested: String,
+        /// Max messages.
+        limit: usize,
+    },
+    /// `sessions.preview` for one key.
+    Preview {
+        /// Canonical key.
+        key: String,
+        /// As sent.
+        requested: String,
+        /// Items.
+        limit: usize,
+        /// Max chars per item.
+        max_chars: usize,
+    },
+    /// `sessions.patch`.
+    Patch {
+        /// Canonical key.
+        key: String,
+        /// Fields.
+        patch: Value,
+    },
+    /// `sessions.reset`.
+    Reset {
+        /// Canonical key.
+        key: String,
+    },
+    /// `sessions.delete`.
+    Delete {
+        /// Canonical key.
+        key: String,
+        /// Also delete the transcript.
+        delete_transcript: bool,
+    },
+    /// `sessions.list` gather.
+    List,
+    /// Wait for a run's end (`agent.wait`, the second `agent` response).
+    Wait {
+        /// Run id.
+        run_id: String,
+        /// Timeout.
+        timeout_ms: u64,
+    },
+}
+
+/// The owner core's answer.
+#[derive(Debug)]
+pub enum OpReply {
+    /// A payload or an error.
+    Value(Result<Value, ErrorShape>),
+    /// Session summaries (list gather).
+    Summaries(Vec<SessionSummary>),
+    /// The run is not on this core (wait gather).
+    NotHere,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunStatus {
+    Queued,
+    Running,
+    Ok,
+    Error,
+    Aborted,
+}
+
+struct Run {
+    key: String,
+    message: String,
+    abort: Abort,
+    status: Cell<RunStatus>,
+    started_at: Cell<i64>,
+    ended_at: Cell<i64>,
+    summary: RefCell<String>,
+    error: RefCell<Option<String>>,
+    waiters: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Run {
+    fn finished(&self) -> bool {
+        matches!(
+            self.status.get(),
+            RunStatus::Ok | RunStatus::Error | RunStatus::Aborted
+        )
+    }
+    fn finish(&self, st: RunStatus) {
+        self.status.set(st);
+        self.ended_at.set(now_ms());
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+    fn outcome(&self, run_id: &str) -> Value {
+        let status = match self.status.get() {
+            RunStatus::Ok => "ok",
+            RunStatus::Error | RunStatus::Aborted => "error",
+            _ => "timeout",
+        };
+        let mut v = json!({"runId": run_id, "status": status});
+        if self.started_at.get() > 0 {
+            v["startedAt"] = json!(self.started_at.get());
+        }
+        if self.ended_at.get() > 0 && self.finished() {
+            v["endedAt"] = json!(self.ended_at.get());
+        }
+        if let Some(e) = self.error.borrow().as_ref() {
+            v["error"] = json!(e);
+        }
+        v
+    }
+}
+
+/// Per-core owner of sessions.
+pub struct SessionOwner {
+    shard: RefCell<SessionShard>,
+    lanes: RefCell<HashMap<String, VecDeque<String>>>,
+    runs: RefCell<HashMap<String, Rc<Run>>>,
+    run_order: RefCell<VecDeque<(i64, String)>>,
+    dedupe: RefCell<HashMap<String, (i64, Value)>>,
+    dedupe_order: RefCell<VecDeque<(i64, String)>>,
+    running: Cell<usize>,
+    cap: usize,
+    slot_waiters: RefCell<VecDeque<std::task::Waker>>,
+    policy: crate::state::policy::SessionPolicy,
+    workers: usize,
+}
+
+impl SessionOwner {
+    /// Wrap this core's shard.
+    pub fn new(
+        shard: SessionShard,
+        cap: usize,
+        policy: crate::state::policy::SessionPolicy,
+        workers: usize,
+    ) -> Self {
+        Self {
+            shard: RefCell::new(shard),
+            lanes: RefCell::new(HashMap::new()),
+            runs: RefCell::new(HashMap::new()),
+            run_order: RefCell::new(VecDeque::new()),
+            dedupe: RefCell::new(HashMap::new()),
+            dedupe_order: RefCell::new(VecDeque::new()),
+            running: Cell::new(0),
+            cap: cap.max(1),
+            slot_waiters: RefCell::new(VecDeque::new()),
+            policy,
+            workers: workers.max(1),
+        }
+    }
+
+    /// Apply `session.maintenance` (pruneAfter, this core's share of maxEntries).
+    pub fn maintain(&self, now_ms: i64) {
+        let max = self.policy.max_entries.map(|m| m.div_ceil(self.workers));
+        match self
+            .shard
+            .borrow_mut()
+            .maintain(now_ms, self.policy.prune_after_ms, max)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(message = "Session maintenance pruned entries.", removed = n),
+            Err(e) => tracing::error!(message = "Session maintenance failed.", error = %e),
+        }
+    }
+
+    /// Flush batched index/fsync work (called periodically by the core's ticker).
+    pub fn flush(&self) {
+        if let Err(e) = self.shard.borrow_mut().flush() {
+            tracing::error!(message = "Session store flush failed.", error = %e);
+        }
+    }
+
+    fn dedupe_get(&self, idem: &str) -> Option<Value> {
+        let now = now_ms();
+        let mut order = self.dedupe_order.borrow_mut();
+        let mut map = self.dedupe.borrow_mut();
+        while let Some((at, k)) = order.front() {
+            if now - *at > DEDUPE_TTL_MS || map.len() > DEDUPE_MAX {
+                map.remove(k);
+                order.pop_front();
+            } else {
+                break;
+            }
+        }
+        map.get(idem).map(|(_, v)| v.clone())
+    }
+
+    fn dedupe_put(&self, idem: &str, v: Value) {
+        let now = now_ms();
+        self.dedupe.borrow_mut().insert(idem.to_string(), (now, v));
+        self.dedupe_order
+            .borrow_mut()
+            .push_back((now, idem.to_string()));
+    }
+
+    fn remember_run(&self, id: &str, run: Rc<Run>) {
+        let now = now_ms();
+        let mut runs = self.runs.borrow_mut();
+        let mut order = self.run_order.borrow_mut();
+        while let Some((at, k)) = order.front() {
+            let old = runs
+                .get(k)
+                .is_some_and(|r| r.finished() && now - *at > DEDUPE_TTL_MS);
+            if old || runs.len() > DEDUPE_MAX * 2 {
+                runs.remove(k);
+                order.pop_front();
+            } else {
+                break;
+            }
+        }
+        runs.insert(id.to_string(), run);
+        order.push_back((now, id.to_string()));
+    }
+
+    fn summaries(&self) -> Vec<SessionSummary> {
+        self.shard.borrow().list().map(|e| e.summary()).collect()
+    }
+}
+
+fn store_err(e: std::io::Error) -> ErrorShape {
+    ErrorShape::new(UNAVAILABLE, format!("session store error: {e}")).retry_after(1000)
+}
+
+/// Execute an op on the owner core.
+pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
+    let owner = &core.sessions;
+    match op {
+        SessionOp::Send {
+            key,
+            message,
+            idem,
+            agent_style,
+        } => OpReply::Value(send(core, key, message, idem, agent_style)),
+        SessionOp::Abort { key, run_id } => {
+            OpReply::Value(Ok(abort(core, &key, run_id.as_deref())))
+        }
+        SessionOp::History {
+            key,
+            requested,
+            limit,
+        } => {
+            let shard = owner.shard.borrow();
+            let msgs = match shard.history(&key, limit.saturating_add(1)) {
+                Ok(m) => m,
+                Err(e) => return OpReply::Value(Err(store_err(e))),
+            };
+            let has_more = msgs.len() > limit;
+            let start = msgs.len().saturating_sub(limit);
+            let wire: Vec<Value> = msgs[start..]
+                .iter()
+                .map(TranscriptMessage::to_wire)
+                .collect();
+            let total = shard.get(&key).map(|e| e.message_count).unwrap_or(0);
+            let agent_id = crate::store::sessions::agent_of(&key).to_string();
+            let is_main = key.ends_with(":main");
+            OpReply::Value(Ok(json!({
+                "sessionKey": requested,
+                "messages": wire,
+                "pendingInputs": {"items": [], "total": 0},
+                "hasMore": has_more,
+                "totalMessages": total,
+                "defaults": {"modelProvider": "clawgate", "model": "offline"},
+                "sessionInfo": {"key": key, "kind": "direct", "classification": if is_main {"main"} else {"direct"}, "agentId": agent_id, "isMain": is_main, "isBackground": false},
+            })))
+        }
+        SessionOp::Preview {
+            key,
+            requested,
+            limit,
+            max_chars,
+        } => {
+            let shard = owner.shard.borrow();
+            let items: Vec<Value> = match shard.history(&key, limit) {
+                Ok(m) => m
+                    .iter()
+                    .map(|m| json!({"role": m.role, "text": m.text.chars().take(max_chars).collect::<String>()}))
+                    .collect(),
+                Err(e) => return OpReply::Value(Err(store_err(e))),
+            };
+            let status = if shard.get(&key).is_some() {
+                "ok"
+            } else {
+                "missing"
+            };
+            OpReply::Value(Ok(
+                json!({"key": requested, "status": status, "items": items}),
+            ))
+        }
+        SessionOp::Patch { key, patch } => {
+            let r = owner
+                .shard
+                .borrow_mut()
+                .patch(&key, &patch, now_ms())
+                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
+            match r {
+                Ok(entry) => {
+                    sessions_changed(core, &key, "patch");
+                    OpReply::Value(Ok(json!({"ok": true, "key": key, "entry": entry})))
+                }
+                Err(e) => OpReply::Value(Err(ErrorShape::invalid(format!(
+                    "invalid sessions.patch params: {e}"
+                )))),
+            }
+        }
+        SessionOp::Reset { key } => {
+            abort(core, &key, None);
+            let r = owner
+                .shard
+                .borrow_mut()
+                .reset(&key, now_ms())
+                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
+            match r {
+                Ok(entry) => {
+                    sessions_changed(core, &key, "reset");
+                    OpReply::Value(Ok(json!({"ok": true, "key": key, "entry": entry})))
+                }
+                Err(e) => OpReply::Value(Err(store_err(e))),
+            }
+        }
+        SessionOp::Delete {
+            key,
+            delete_transcript,
+        } => {
+            abort(core, &key, None);
+            match owner.shard.borrow_mut().delete(&key, delete_transcript) {
+                Ok(deleted) => {
+                    if deleted {
+                        sessions_changed(core, &key, "delete");
+                    }
+                    OpReply::Value(Ok(json!({"ok": true, "deleted": deleted})))
+                }
+                Err(e) => OpReply::Value(Err(store_err(e))),
+            }
+        }
+        SessionOp::List => OpReply::Summaries(owner.summaries()),
+        SessionOp::Wait { run_id, timeout_ms } => {
+            let run = owner.runs.borrow().get(&run_id).cloned();
+            let Some(run) = run else {
+                return OpReply::NotHere;
+            };
+            let waited =
+                monoio::time::timeout(Duration::from_millis(timeout_ms), wait_run(run.clone()))
+                    .await;
+            let mut v = run.outcome(&run_id);
+            if waited.is_err() {
+                v["status"] = json!("timeout");
+            }
+            v["summary"] = json!(run.summary.borrow().clone());
+            OpReply::Value(Ok(v))
+        }
+    }
+}
+
+async fn wait_run(run: Rc<Run>) {
+    std::future::poll_fn(|cx| {
+        if run.finished() {
+            std::task::Poll::Ready(())
+        } else {
+            run.waiters.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+fn sessions_changed(core: &Core, key: &str, reason: &str) {
+    let agent = crate::store::sessions::agent_of(key);
+    core.publish(
+        "sessions.changed",
+        &json!({"sessionKey": key, "agentId": agent, "reason": reason}),
+        None,
+        Some(scopes::READ),
+        true,
+    );
+}
+
+fn send(
+    core: &Rc<Core>,
+    key: String,
+    message: String,
+    idem: String,
+    agent_style: bool,
+) -> Result<Value, ErrorShape> {
+    let owner = &core.sessions;
+    if let Some(prev) = owner.dedupe_get(&idem) {
+        return Ok(prev);
+    }
+    let now = now_ms();
+    // Reset policy: an explicit trigger (`/new`, `/reset`) or an expired daily/idle window
+    // starts a fresh session id before this turn.
+    let reset_now = owner.policy.trigger(&message).is_some()
+        || owner.shard.borrow().get(&key).is_some_and(|e| {
+            owner.policy.reset_due(
+                e.session_started_at_ms.unwrap_or(e.created_at_ms),
+                e.last_interaction_at_ms,
+                now,
+            )
+        });
+    if reset_now && owner.shard.borrow().get(&key).is_some() {
+        owner
+            .shard
+            .borrow_mut()
+            .reset(&key, now)
+            .map_err(store_err)?;
+        sessions_changed(core, &key, "reset");
+    }
+    let created = {
+        let mut shard = owner.shard.borrow_mut();
+        let existed = shard.get(&key).is_some();
+        shard.ensure(&key, now).map_err(store_err)?;
+        let msg = TranscriptMessage {
+            id: crate::auth::token::uuid_v4(),
+            role: "user".into(),
+            text: message.clone(),
+            ts: now,
+            run_id: Some(idem.clone()),
+            stop_reason: None,
+            error: None,
+            usage: None,
+        };
+        // Durable before acknowledged: the append is written before the ack goes out.
+        shard.append(&key, &msg, now).map_err(store_err)?;
+        !existed
+    };
+    if created {
+        sessions_changed(core, &key, "created");
+    }
+    let run = Rc::new(Run {
+        key: key.clone(),
+        message,
+        abort: Abort::new(),
+        status: Cell::new(RunStatus::Queued),
+        started_at: Cell::new(0),
+        ended_at: Cell::new(0),
+        summary: RefCell::new(String::new()),
+        error: RefCell::new(None),
+        waiters: RefCell::new(Vec::new()),
+    });
+    owner.remember_run(&idem, run);
+    let lane_idle = {
+        let mut lanes = owner.lanes.borrow_mut();
+        let lane = lanes.entry(key.clone()).or_default();
+        lane.push_back(idem.clone());
+        lane.len() == 1
+    };
+    if lane_idle {
+        monoio::spawn(drive_lane(core.clone(), key.clone()));
+    }
+    let agent_id = crate::store::sessions::agent_of(&key).to_string();
+    let ack = if agent_style {
+        json!({"runId": idem, "agentId": agent_id, "status": "accepted", "acceptedAt": now})
+    } else {
+        json!({"runId": idem, "status": "started"})
+    };
+    owner.dedupe_put(&idem, ack.clone());
+    Ok(ack)
+}
+
+fn abort(core: &Core, key: &str, run_id: Option<&str>) -> Value {
+    let owner = &core.sessions;
+    let mut ids = Vec::new();
+    let lane: Vec<String> = owner
+        .lanes
+        .borrow()
+        .get(key)
+        .map(|l| l.iter().cloned().collect())
+        .unwrap_or_default();
+    for id in lane {
+        if run_id.is_some_and(|r| r != id) {
+            continue;
+        }
+        if let Some(run) = owner.runs.borrow().get(&id) {
+            if !run.finished() {
+                run.abort.abort();
+                ids.push(id.clone());
+            }
+        }
+    }
+    json!({"ok": true, "aborted": !ids.is_empty(), "runIds": ids})
+}
+
+struct SlotGuard<'a>(&'a SessionOwner);
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running.set(self.0.running.get().saturating_sub(1));
+        if let Some(w) = self.0.slot_waiters.borrow_mut().pop_front() {
+            w.wake();
+        }
+    }
+}
+
+async fn acquire_slot(owner: &SessionOwner) -> SlotGuard<'_> {
+    std::future::poll_fn(|cx| {
+        if owner.running.get() < owner.cap {
+            owner.running.set(owner.running.get() + 1);
+            std::task::Poll::Ready(())
+        } else {
+            owner
+                .slot_waiters
+                .borrow_mut()
+                .push_back(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    SlotGuard(owner)
+}
+
+/// Run the session's queued runs one after another.
+async fn drive_lane(core: Rc<Core>, key: String) {
+    loop {
+        let next = core
+            .sessions
+            .lanes
+            .borrow()
+            .get(&key)
+            .and_then(|l| l.front().cloned());
+        let Some(run_id) = next else { break };
+        let run = core.sessions.runs.borrow().get(&run_id).cloned();
+        if let Some(run) = run {
+            if run.abort.is_aborted() {
+                run.started_at.set(now_ms());
+                emit_chat(
+                    &core,
+                    &run_id,
+                    &run.key,
+                    1,
+                    json!({"state": "aborted", "stopReason": "aborted"}),
+                    false,
+                );
+                run.finish(RunStatus::Aborted);
+            } else {
+                let _slot = acquire_slot(&core.sessions).await;
+                execute(&core, &run_id, &run).await;
+            }
+        }
+        let mut lanes = core.sessions.lanes.borrow_mut();
+        if let Some(l) = lanes.get_mut(&key) {
+            l.pop_front();
+            if l.is_empty() {
+                lanes.remove(&key);
+                break;
+            }
+        } else {
+            break;
+        }
+    }
+}
+
+fn emit_chat(core: &Core, run_id: &str, key: &str, seq: u64, extra: Value, droppable: bool) {
+    let agent = crate::store::sessions::agent_of(key);
+    let mut payload = json!({"runId": run_id, "sessionKey": key, "agentId": agent, "seq": seq});
+    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            p.insert(k.clone(), v.clone());
+        }
+    }
+    core.publish("chat", &payload, None, Some(scopes::READ), droppable);
+}
+
+fn emit_agent(core: &Core, run_id: &str, key: &str, seq: u64, stream: &str, data: Value) {
+    let agent = crate::store::sessions::agent_of(key);
+    let payload = json!({"runId": run_id, "seq": seq, "stream": stream, "ts": now_ms(), "data": data, "sessionKey": key, "agentId": agent, "isHeartbeat": false});
+    core.publish(
+        "agent",
+        &payload,
+        None,
+        Some(scopes::READ),
+        stream == "assistant",
+    );
+}
+
+fn assistant_message(text: &str) -> Value {
+    json!({"role": "assistant", "content": [{"type": "text", "text": text}], "timestamp": now_ms()})
+}
+
+/// How a provider stream ended: `(stop_reason, usage)` or `(message, kind)`.
+type RunOutcome = Result<(Option<String>, Option<Value>), (String, &'static str)>;
+
+async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
+    run.status.set(RunStatus::Running);
+    run.started_at.set(now_ms());
+    let key = run.key.clone();
+    let mut chat_seq = 0u64;
+    let mut agent_seq = 0u64;
+    let mut next_chat = || {
+        chat_seq += 1;
+        chat_seq
+    };
+    agent_seq += 1;
+    emit_agent(
+        core,
+        run_id,
+        &key,
+        agent_seq,
+        "lifecycle",
+        json!({"phase": "start"}),
+    );
+
+    let (history, model) = {
+        let shard = core.sessions.shard.borrow();
+        let h = shard.history(&key, 40).unwrap_or_default();
+        (h, shard.get(&key).and_then(|e| e.model.clone()))
+    };
+    let messages: Vec<ChatMessage> = history
+        .iter()
+        .filter(|m| m.role == "user" || m.role == "assistant")
+        .map(|m| ChatMessage {
+            role: m.role.clone(),
+            text: m.text.clone(),
+        })
+        .collect();
+    let messages = if messages.is_empty() {
+        vec![ChatMessage {
+            role: "user".into(),
+            text: run.message.clone(),
+        }]
+    } else {
+        messages
+    };
+    let target = match agents::resolve_model(&core.shared.config, model.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            finish_error(
+                core,
+                run_id,
+                run,
+                &key,
+                next_chat(),
+                &e,
+                "unknown",
+                agent_seq + 1,
+            );
+            return;
+        }
+    };
+    let mut text = String::new();
+    let mut outcome: Option<RunOutcome> = None;
+    {
+        let mut on = |ev: ProviderEvent| match ev {
+            ProviderEvent::Delta(d) => {
+                text.push_str(&d);
+                let s = next_chat();
+                emit_chat(
+                    core,
+                    run_id,
+                    &key,
+                    s,
+                    json!({"state": "delta", "deltaText": d, "message": assistant_message(&text)}),
+                    true,
+                );
+                agent_seq += 1;
+                emit_agent(
+                    core,
+                    run_id,
+                    &key,
+                    agent_seq,
+                    "assistant",
+                    json!({"text": text, "delta": d}),
+                );
+            }
+            ProviderEvent::Done { stop_reason, usage } => outcome = Some(Ok((stop_reason, usage))),
+            ProviderEvent::Error { message, kind } => outcome = Some(Err((message, kind))),
+        };
+        agents::stream_reply(&target, &messages, RUN_TIMEOUT, &run.abort, &mut on).await;
+    }
+    *run.summary.borrow_mut() = text.clone();
+    let now = now_ms();
+    let append = |stop: &str, err: Option<String>, usage: Option<Value>| {
+        let msg = TranscriptMessage {
+            id: crate::auth::token::uuid_v4(),
+            role: "assistant".into(),
+            text: text.clone(),
+            ts: now,
+            run_id: Some(run_id.to_string()),
+            stop_reason: Some(stop.to_string()),
+            error: err,
+            usage,
+        };
+        if let Err(e) = core.sessions.shard.borrow_mut().append(&key, &msg, now) {
+            tracing::error!(message = "Transcript append failed.", error = %e);
+        }
+    };
+    if run.abort.is_aborted() {
+        append("aborted", None, None);
+        let s = next_chat();
+        emit_chat(
+            core,
+            run_id,
+            &key,
+            s,
+            json!({"state": "aborted", "message": assistant_message(&text), "stopReason": "aborted"}),
+            false,
+        );
+        emit_agent(
+            core,
+            run_id,
+            &key,
+            agent_seq + 1,
+            "lifecycle",
+            json!({"phase": "end", "aborted": true}),
+        );
+        *run.error.borrow_mut() = Some("aborted".into());
+        run.finish(RunStatus::Aborted);
+        return;
+    }
+    match outcome {
+        Some(Ok((stop, usage))) => {
+            let stop = stop.unwrap_or_else(|| "stop".into());
+            append(&stop, None, usage.clone());
+            let s = next_chat();
+            let mut fin =
+                json!({"state": "final", "message": assistant_message(&text), "stopReason": stop});
+            if let Some(u) = usage {
+                fin["usage"] = u;
+            }
+            emit_chat(core, run_id, &key, s, fin, false);
+            emit_agent(
+                core,
+                run_id,
+                &key,
+                agent_seq + 1,
+                "lifecycle",
+                json!({"phase": "end"}),
+            );
+            run.finish(RunStatus::Ok);
+        }
+        Some(Err((message, kind))) => {
+            let s = next_chat();
+            finish_error(core, run_id, run, &key, s, &message, kind, agent_seq + 1);
+        }
+        None => {
+            let s = next_chat();
+            finish_error(
+                core,
+                run_id,
+                run,
+                &key,
+                s,
+                "provider ended without a result",
+                "unknown",
+                agent_seq + 1,
+            );
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_error(
+    core: &Core,
+    run_id: &str,
+    run: &Run,
+    key: &str,
+    chat_seq: u64,
+    message: &str,
+    kind: &str,
+    agent_seq: u64,
+) {
+    emit_agent(
+        core,
+        run_id,
+        key,
+        agent_seq,
+        "lifecycle",
+        json!({"phase": "error", "error": message}),
+    );
+    emit_chat(
+        core,
+        run_id,
+        key,
+        chat_seq,
+        json!({"state": "error", "errorMessage": message, "errorKind": kind}),
+        false,
+    );
+    *run.error.borrow_mut() = Some(message.to_string());
+    if run.summary.borrow().is_empty() {
+        *run.summary.borrow_mut() = message.to_string();
+    }
+    run.finish(RunStatus::Error);
+}

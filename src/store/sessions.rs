@@ -1,0 +1,1147 @@
+//! Durable session store: a sharded index of sessions plus one append-only transcript per
+//! session.
+//!
+//! # Ownership (no locks)
+//!
+//! The gateway runs `workers` cores. Each canonical session key is owned by core
+//! [`shard_of`]`(key, workers)` (FNV-1a 64 of the key, modulo `workers`), and only that
+//! core's [`SessionShard`] ever reads or writes the session's index row and transcript.
+//! Requests for a key are routed to its owner over the core mesh; the shard itself is a
+//! plain `!Sync` value doing blocking `std::fs` I/O (small appends, occasional atomic index
+//! rewrites) on its core's thread. Keys handed to a shard must be canonical
+//! ([`canonical_key`]) and owned by it; anything else is refused with `InvalidInput`.
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! <state_dir>/sessions/index-<core>-of-<workers>.json          0600, {"version":1,"entries":[SessionEntry…]}
+//! <state_dir>/agents/<agentId>/sessions/<sessionId>.jsonl       0600, one TranscriptMessage per line
+//! <state_dir>/agents/<agentId>/sessions/<sessionId>.reset.<ms>.jsonl    transcript before a reset
+//! <state_dir>/agents/<agentId>/sessions/<sessionId>.deleted.<ms>.jsonl  transcript of a pruned session
+//! ```
+//!
+//! Directories are created 0700. Index shards are only ever replaced whole through
+//! [`write_atomic`] (temp + fsync + rename + dir fsync), so a reader sees an old or a new
+//! shard, never a torn one. [`SessionShard::repartition`] runs once at startup, before the
+//! workers, and rewrites every shard for the current worker count (see its docs for crash
+//! safety). The transcript is the source of truth for messages; the index row caches
+//! count/preview/run state and records the transcript length it reflects, so a row that
+//! lags its transcript after a crash is rebuilt from the transcript on [`SessionShard::load`].
+//!
+//! # Durability and what the owner core must call
+//!
+//! * [`SessionShard::append`] writes the whole line with one `write(2)` before returning:
+//!   once it returns `Ok`, the message survives the process being killed (`kill -9`, panic,
+//!   OOM), whatever the fsync policy.
+//! * Power loss / kernel crash depends on [`FsyncPolicy`]:
+//!   - [`FsyncPolicy::Always`]: every append is `fdatasync`ed (and a new transcript's
+//!     directory fsynced) before `append` returns; nothing acknowledged is lost.
+//!   - [`FsyncPolicy::Batched`] (default): transcripts are fsynced by
+//!     [`SessionShard::flush`]. Messages appended since the last `flush` can be lost on
+//!     power loss (the window is the caller's flush period); a torn or NUL-padded tail line
+//!     left by power loss is skipped on read, never an error, and later appends start on a
+//!     fresh line.
+//! * Index rows: creating a session ([`SessionShard::ensure`], or `append`/`patch`/`reset`
+//!   on a new key), `patch`, `reset`, `delete` and `maintain` rewrite the shard index
+//!   before returning. The per-message row updates of `append`/`update` (count, preview,
+//!   `updatedAt`, run state) are written at most every [`StoreOptions::index_flush_ms`]
+//!   (on the next append after the interval) or by `flush`; after a crash they are
+//!   recovered from the transcript at load.
+//!
+//! **The owner core must call [`SessionShard::flush`] periodically** (every
+//! `index_flush_ms`, e.g. 1 s; cheap when nothing is pending) **and on shutdown**. It fsyncs
+//! transcripts appended since the last call (Batched), fsyncs new directories, writes a
+//! dirty index and closes cached transcript handles. Dropping a shard flushes best-effort.
+//! Session maintenance ([`SessionShard::maintain`]) is also the caller's to schedule.
+
+mod keys;
+mod model;
+mod transcript;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use keys::{
+    agent_of, canonical_key, fnv1a64, is_canonical, shard_of, valid_agent_id, MAIN,
+    MAX_AGENT_ID_CHARS, MAX_KEY_CHARS,
+};
+pub use model::{
+    preview_of, SessionEntry, TranscriptMessage, MAX_LABEL_CHARS, MAX_MODEL_CHARS, PREVIEW_CHARS,
+    THINKING_LEVELS,
+};
+
+use super::atomic::write_atomic;
+use crate::auth::token::uuid_v4;
+
+/// Current index shard format version.
+pub const INDEX_VERSION: u32 = 1;
+/// Mode of index shard files.
+pub const INDEX_MODE: u32 = 0o600;
+/// Transcript handles kept open between flushes before `append` flushes early.
+const MAX_OPEN_TRANSCRIPTS: usize = 256;
+/// Longest session id accepted from disk (ours are 36-char UUIDs).
+const MAX_SESSION_ID_CHARS: usize = 128;
+
+/// When transcript appends reach stable storage. See the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// `fdatasync` every append before it returns.
+    Always,
+    /// fsync in [`SessionShard::flush`], which the owner core calls periodically.
+    #[default]
+    Batched,
+}
+
+/// Tuning of a [`SessionShard`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Transcript fsync policy.
+    pub fsync: FsyncPolicy,
+    /// Minimum interval between index rewrites caused by appends (ms). `0` rewrites the
+    /// index on every append.
+    pub index_flush_ms: i64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncPolicy::Batched,
+            index_flush_ms: 1000,
+        }
+    }
+}
+
+/// Why `sessions.patch` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    /// The patch is malformed (unknown field, bad type, label too long, …): the message
+    /// is fit for an `INVALID_REQUEST` error. Nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// Persisting failed (or the key is not owned by this shard). Nothing was changed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexFile {
+    version: u32,
+    #[serde(default)]
+    entries: Vec<SessionEntry>,
+}
+
+/// The session store of one core: the index rows of the sessions it owns and their
+/// transcripts. See the module docs for ownership, layout and durability.
+#[derive(Debug)]
+pub struct SessionShard {
+    state_dir: PathBuf,
+    core: usize,
+    workers: usize,
+    opts: StoreOptions,
+    entries: BTreeMap<String, SessionEntry>,
+    /// Rows found in this shard's file that it cannot serve (not owned by this core, or
+    /// invalid). Written back unchanged so nothing is lost; the next repartition moves
+    /// valid ones to their owner.
+    carried: Vec<SessionEntry>,
+    index_dirty: bool,
+    last_index_write_ms: i64,
+    /// Latest `now_ms` seen, for operations that take no clock.
+    last_now_ms: i64,
+    /// Transcripts appended since the last flush.
+    open: HashMap<PathBuf, transcript::Open>,
+    /// Directories whose entries changed since the last flush (Batched policy).
+    dirs_to_sync: BTreeSet<PathBuf>,
+}
+
+/// `<state_dir>/sessions`.
+pub fn index_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("sessions")
+}
+
+/// `<state_dir>/sessions/index-<core>-of-<workers>.json`.
+pub fn index_path(state_dir: &Path, core: usize, workers: usize) -> PathBuf {
+    index_dir(state_dir).join(format!("index-{core}-of-{}.json", workers.max(1)))
+}
+
+/// `<state_dir>/agents/<agentId>/sessions/<sessionId>.jsonl`.
+pub fn transcript_path(state_dir: &Path, agent_id: &str, session_id: &str) -> PathBuf {
+    state_dir
+        .join("agents")
+        .join(agent_id)
+        .join("sessions")
+        .join(format!("{session_id}.jsonl"))
+}
+
+/// Parse `index-<core>-of-<workers>.json`.
+fn parse_index_name(name: &str) -> Option<(usize, usize)> {
+    let mid = name.strip_prefix("index-")?.strip_suffix(".json")?;
+    let (core, workers) = mid.split_once("-of-")?;
+    Some((core.parse().ok()?, workers.parse().ok()?))
+}
+
+fn valid_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_SESSION_ID_CHARS
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A row this store can serve: canonical key, matching safe agent id, safe session id.
+fn servable(e: &SessionEntry) -> bool {
+    is_canonical(&e.key) && e.agent_id == agent_of(&e.key) && valid_session_id(&e.session_id)
+}
+
+/// Keep the newer of two rows for one key (ties keep the one already there).
+fn merge_newest(map: &mut BTreeMap<String, SessionEntry>, e: SessionEntry) {
+    match map.get(&e.key) {
+        Some(old) if old.updated_at_ms >= e.updated_at_ms => {}
+        _ => {
+            map.insert(e.key.clone(), e);
+        }
+    }
+}
+
+fn read_index(path: &Path) -> io::Result<Vec<SessionEntry>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let file: IndexFile = serde_json::from_slice(&bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("session index {}: {e}", path.display()),
+        )
+    })?;
+    if file.version != INDEX_VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "session index {}: unsupported version {}",
+                path.display(),
+                file.version
+            ),
+        ));
+    }
+    Ok(file.entries)
+}
+
+fn write_index_file(path: &Path, entries: Vec<SessionEntry>) -> io::Result<()> {
+    let bytes = serde_json::to_vec(&IndexFile {
+        version: INDEX_VERSION,
+        entries,
+    })
+    .map_err(io::Error::other)?;
+    write_atomic(path, &bytes, INDEX_MODE)
+}
+
+fn create_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(transcript::DIR_MODE)
+        .create(dir)
+}
+
+fn not_owned(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl SessionShard {
+    /// Called once at startup, before any worker runs: merges every index shard in
+    /// `<state_dir>/sessions` (written under any previous worker count, including leftovers
+    /// of an interrupted repartition; duplicate keys keep the newest `updatedAtMs`) and
+    /// rewrites them as `index-<c>-of-<workers>.json` for every core `c`, each row on its
+    /// owner shard. Only then are the other shard files (and stray temp files) deleted.
+    ///
+    /// Crash-safe: every new shard is durably written (atomic replace) before any old file
+    /// is removed, and a rerun merges whatever mix of old and new files it finds, so a kill
+    /// at any point loses no row. An unreadable shard aborts with an error before anything
+    /// is written or deleted.
+    pub fn repartition(state_dir: &Path, workers: usize) -> io::Result<()> {
+        let workers = workers.max(1);
+        let dir = index_dir(state_dir);
+        create_dir(&dir)?;
+        let mut shards = Vec::new();
+        let mut temps = Vec::new();
+        for ent in fs::read_dir(&dir)? {
+            let ent = ent?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if parse_index_name(name).is_some() {
+                shards.push(ent.path());
+            } else if name.starts_with("index-") && name.contains(".json.tmp.") {
+                temps.push(ent.path());
+            }
+        }
+        shards.sort();
+        let mut merged = BTreeMap::new();
+        for path in &shards {
+            for e in read_index(path)? {
+                merge_newest(&mut merged, e);
+            }
+        }
+        let mut parts: Vec<Vec<SessionEntry>> = vec![Vec::new(); workers];
+        for (key, e) in merged {
+            if let Some(part) = parts.get_mut(shard_of(&key, workers)) {
+                part.push(e);
+            }
+        }
+        let mut keep = BTreeSet::new();
+        for (core, part) in parts.into_iter().enumerate() {
+            let path = index_path(state_dir, core, workers);
+            write_index_file(&path, part)?;
+            keep.insert(path);
+        }
+        for path in shards.iter().filter(|p| !keep.contains(*p)).chain(&temps) {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        transcript::sync_dir(&dir)
+    }
+
+    /// Load core `core`'s shard (of `workers`) with default [`StoreOptions`].
+    pub fn load(state_dir: &Path, core: usize, workers: usize) -> io::Result<Self> {
+        Self::load_with(state_dir, core, workers, StoreOptions::default())
+    }
+
+    /// Load core `core`'s shard (of `workers`): reads `index-<core>-of-<workers>.json`
+    /// (missing = empty), keeps the newest row per key, and rebuilds rows whose recorded
+    /// transcript length differs from the file on disk (a crash between append and index
+    /// flush) from their transcript. [`Self::repartition`] must have run for `workers`.
+    pub fn load_with(
+        state_dir: &Path,
+        core: usize,
+        workers: usize,
+        opts: StoreOptions,
+    ) -> io::Result<Self> {
+        let workers = workers.max(1);
+        if core >= workers {
+            return Err(not_owned(format!(
+                "core {core} out of range for {workers} workers"
+            )));
+        }
+        let mut shard = Self {
+            state_dir: state_dir.to_path_buf(),
+            core,
+            workers,
+            opts,
+            entries: BTreeMap::new(),
+            carried: Vec::new(),
+            index_dirty: false,
+            last_index_write_ms: 0,
+            last_now_ms: 0,
+            open: HashMap::new(),
+            dirs_to_sync: BTreeSet::new(),
+        };
+        let mut carried = BTreeMap::new();
+        for e in read_index(&shard.index_path())? {
+            if servable(&e) && shard_of(&e.key, workers) == core {
+                merge_newest(&mut shard.entries, e);
+            } else {
+                tracing::warn!(key = %e.key, core, workers, "session index row not servable by this shard; kept on disk");
+                merge_newest(&mut carried, e);
+            }
+        }
+        shard.carried = carried.into_values().collect();
+        let mut repaired = 0usize;
+        for e in shard.entries.values_mut() {
+            let path = transcript_path(state_dir, &e.agent_id, &e.session_id);
+            let on_disk = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => 0,
+                Err(err) => return Err(err),
+            };
+            if on_disk != e.transcript_bytes {
+                let (msgs, len) = transcript::read_all(&path)?;
+                e.message_count = 0;
+                e.last_message_preview = None;
+                for m in &msgs {
+                    e.absorb(m, m.ts);
+                }
+                e.transcript_bytes = len;
+                repaired += 1;
+            }
+            shard.last_now_ms = shard.last_now_ms.max(e.updated_at_ms);
+        }
+        if repaired > 0 {
+            tracing::info!(core, repaired, "rebuilt session rows from transcripts");
+            shard.index_dirty = true;
+            shard.write_index()?;
+        }
+        Ok(shard)
+    }
+
+    /// This shard's core.
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    /// Worker count the shard was loaded for.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The options in effect.
+    pub fn options(&self) -> StoreOptions {
+        self.opts
+    }
+
+    /// Change fsync policy / index interval (takes effect on the next append).
+    pub fn set_options(&mut self, opts: StoreOptions) {
+        self.opts = opts;
+    }
+
+    /// This shard's index file.
+    pub fn index_path(&self) -> PathBuf {
+        index_path(&self.state_dir, self.core, self.workers)
+    }
+
+    /// Transcript file of `key`'s current session, if the session exists.
+    pub fn transcript_path(&self, key: &str) -> Option<PathBuf> {
+        self.entries
+            .get(key)
+            .map(|e| transcript_path(&self.state_dir, &e.agent_id, &e.session_id))
+    }
+
+    /// Whether this shard owns canonical `key`.
+    pub fn owns(&self, key: &str) -> bool {
+        shard_of(key, self.workers) == self.core
+    }
+
+    /// The session `key` (canonical), if it exists.
+    pub fn get(&self, key: &str) -> Option<&SessionEntry> {
+        self.entries.get(key)
+    }
+
+    /// Every session of this shard, ordered by key.
+    pub fn list(&self) -> impl Iterator<Item = &SessionEntry> {
+        self.entries.values()
+    }
+
+    /// Number of sessions in this shard.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The shard has no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Something awaits [`Self::flush`] (unsynced appends, new directories, index rows).
+    pub fn needs_flush(&self) -> bool {
+        self.index_dirty || self.open.values().any(|o| o.unsynced) || !self.dirs_to_sync.is_empty()
+    }
+
+    fn check_key(&self, key: &str) -> io::Result<()> {
+        if !is_canonical(key) {
+            return Err(not_owned(format!("not a canonical session key: {key:?}")));
+        }
+        if !self.owns(key) {
+            return Err(not_owned(format!(
+                "session key {key:?} belongs to core {}, not {}",
+                shard_of(key, self.workers),
+                self.core
+            )));
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, now_ms: i64) {
+        self.last_now_ms = self.last_now_ms.max(now_ms);
+    }
+
+    fn entry(&self, key: &str) -> io::Result<&SessionEntry> {
+        self.entries
+            .get(key)
+            .ok_or_else(|| io::Error::other(format!("session {key:?} vanished")))
+    }
+
+    /// Rewrite this shard's index now (atomic).
+    fn write_index(&mut self) -> io::Result<()> {
+        let mut rows: Vec<SessionEntry> = self.entries.values().cloned().collect();
+        rows.extend(self.carried.iter().cloned());
+        write_index_file(&self.index_path(), rows)?;
+        self.index_dirty = false;
+        self.last_index_write_ms = self.last_now_ms;
+        Ok(())
+    }
+
+    /// Insert/replace a row and persist the index; on failure the previous row is restored.
+    fn commit(&mut self, next: SessionEntry) -> io::Result<()> {
+        let key = next.key.clone();
+        let prev = self.entries.insert(key.clone(), next);
+        if let Err(e) = self.write_index() {
+            match prev {
+                Some(p) => self.entries.insert(key, p),
+                None => self.entries.remove(&key),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Get or create the session `key` (canonical, owned by this core). A new session gets
+    /// a fresh UUID v4 `sessionId` and is in the on-disk index before this returns.
+    pub fn ensure(&mut self, key: &str, now_ms: i64) -> io::Result<&SessionEntry> {
+        self.check_key(key)?;
+        self.tick(now_ms);
+        if !self.entries.contains_key(key) {
+            let e = SessionEntry::new(key, agent_of(key), uuid_v4(), now_ms);
+            self.commit(e)?;
+        }
+        self.entry(key)
+    }
+
+    /// Apply `sessions.patch` fields to `key` (creating the session if needed): `label`
+    /// (trimmed, 1..=100 chars), `model`, `thinkingLevel` (one of [`THINKING_LEVELS`]),
+    /// `fastMode`, `pinned`, `archived`; `null` clears. `key`/`agentId`/`sessionKey` are
+    /// ignored (they address the session); any other field is [`PatchError::Invalid`].
+    /// Validation happens before anything changes; a changed row is persisted before this
+    /// returns.
+    pub fn patch(
+        &mut self,
+        key: &str,
+        patch: &Value,
+        now_ms: i64,
+    ) -> Result<&SessionEntry, PatchError> {
+        self.check_key(key)?;
+        self.tick(now_ms);
+        let existing = self.entries.get(key).cloned();
+        let mut next = existing
+            .clone()
+            .unwrap_or_else(|| SessionEntry::new(key, agent_of(key), uuid_v4(), now_ms));
+        let changed = next.apply_patch(patch).map_err(PatchError::Invalid)?;
+        if existing.is_none() || changed {
+            next.updated_at_ms = next.updated_at_ms.max(now_ms);
+            self.commit(next)?;
+        }
+        Ok(self.entry(key)?)
+    }
+
+    /// Change a session's row through `f` (run state, tokens, display name, …), creating
+    /// the session if needed. Identity fields (`key`, `sessionId`, `agentId`, `createdAtMs`,
+    /// `messageCount`, `transcriptBytes`) cannot be changed this way. The row is persisted
+    /// like an append's: within `index_flush_ms` or at the next `flush`.
+    pub fn update(
+        &mut self,
+        key: &str,
+        now_ms: i64,
+        f: impl FnOnce(&mut SessionEntry),
+    ) -> io::Result<&SessionEntry> {
+        self.ensure(key, now_ms)?;
+        if let Some(e) = self.entries.get_mut(key) {
+            let mut next = e.clone();
+            f(&mut next);
+            next.key.clone_from(&e.key);
+            next.session_id.clone_from(&e.session_id);
+            next.agent_id.clone_from(&e.agent_id);
+            next.created_at_ms = e.created_at_ms;
+            next.message_count = e.message_count;
+            next.transcript_bytes = e.transcript_bytes;
+            next.updated_at_ms = next.updated_at_ms.max(e.updated_at_ms).max(now_ms);
+            *e = next;
+            self.index_dirty = true;
+        }
+        self.maybe_write_index(now_ms);
+        self.entry(key)
+    }
+
+    fn maybe_write_index(&mut self, now_ms: i64) {
+        if self.index_dirty
+            && now_ms.saturating_sub(self.last_index_write_ms) >= self.opts.index_flush_ms
+        {
+            if let Err(e) = self.write_index() {
+                // Rows are recoverable from transcripts; retried by the next flush.
+                tracing::warn!(core = self.core, error = %e, "session index write failed");
+            }
+        }
+    }
+
+    /// Append `msg` to `key`'s transcript (creating the session, and persisting it in the
+    /// index, if needed) and fold it into the row (count, preview, `updatedAt`, run state).
+    ///
+    /// When this returns `Ok` the line has been written with one `write(2)`: it survives
+    /// a process kill. With [`FsyncPolicy::Always`] it has also been fsynced; with
+    /// [`FsyncPolicy::Batched`] it reaches stable storage at the next [`Self::flush`]. On
+    /// `Err` the message may or may not be in the transcript (a torn line is skipped by
+    /// readers). The row is written to the index at most every `index_flush_ms` (an index
+    /// write failure here is only logged: the line is safe and the row is rebuilt from the
+    /// transcript at load; `flush` reports it).
+    pub fn append(&mut self, key: &str, msg: &TranscriptMessage, now_ms: i64) -> io::Result<()> {
+        self.ensure(key, now_ms)?;
+        let path = self
+            .transcript_path(key)
+            .ok_or_else(|| io::Error::other("session vanished"))?;
+        if !self.open.contains_key(&path) && self.open.len() >= MAX_OPEN_TRANSCRIPTS {
+            self.sync_transcripts()?;
+        }
+        let open = match self.open.entry(path.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let mut dirs = Vec::new();
+                let opened = transcript::open_append(&path, &mut dirs)?;
+                match self.opts.fsync {
+                    FsyncPolicy::Always => {
+                        if let Err(e) = dirs.iter().try_for_each(|d| transcript::sync_dir(d)) {
+                            // Not retried by reopening (the file now exists): leave it to flush.
+                            self.dirs_to_sync.extend(dirs);
+                            return Err(e);
+                        }
+                    }
+                    FsyncPolicy::Batched => self.dirs_to_sync.extend(dirs),
+                }
+                v.insert(opened)
+            }
+        };
+        if let Err(e) = transcript::append_line(open, msg) {
+            self.open.remove(&path);
+            return Err(e);
+        }
+        let len = open.len;
+        if self.opts.fsync == FsyncPolicy::Always {
+            if let Err(e) = open.file.sync_data() {
+                self.open.remove(&path);
+                return Err(e);
+            }
+            open.unsynced = false;
+        }
+        if let Some(e) = self.entries.get_mut(key) {
+            e.absorb(msg, now_ms);
+            e.transcript_bytes = len;
+        }
+        self.index_dirty = true;
+        self.maybe_write_index(now_ms);
+        Ok(())
+    }
+
+    /// The last `limit` messages of `key`'s current transcript, oldest first (empty for an
+    /// unknown session). Undecodable lines (a torn tail after a crash) are skipped.
+    pub fn history(&self, key: &str, limit: usize) -> io::Result<Vec<TranscriptMessage>> {
+        match self.transcript_path(key) {
+            Some(path) => transcript::read_tail(&path, limit),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Start a new transcript for `key`: new `sessionId`, empty history, run state and
+    /// token counts cleared; label/model/thinkingLevel/fastMode/pinned/archived and
+    /// `createdAtMs` kept. The old transcript stays on disk, renamed
+    /// `<oldSessionId>.reset.<now_ms>.jsonl`. The new row is persisted before the rename,
+    /// so a crash in between only leaves the old transcript under its original name. An
+    /// unknown key is created instead.
+    pub fn reset(&mut self, key: &str, now_ms: i64) -> io::Result<&SessionEntry> {
+        self.check_key(key)?;
+        self.tick(now_ms);
+        let Some(old) = self.entries.get(key).cloned() else {
+            return self.ensure(key, now_ms);
+        };
+        let old_path = transcript_path(&self.state_dir, &old.agent_id, &old.session_id);
+        self.close_transcript(&old_path)?;
+        let mut next = SessionEntry::new(key, &old.agent_id, uuid_v4(), now_ms);
+        next.created_at_ms = old.created_at_ms;
+        next.updated_at_ms = old.updated_at_ms.max(now_ms);
+        next.label = old.label.clone();
+        next.model = old.model.clone();
+        next.thinking_level = old.thinking_level.clone();
+        next.fast_mode = old.fast_mode;
+        next.pinned = old.pinned;
+        next.archived = old.archived;
+        next.display_name = old.display_name.clone();
+        next.last_interaction_at_ms = old.last_interaction_at_ms;
+        self.commit(next)?;
+        self.retire_transcript(&old_path, &old.session_id, "reset", now_ms);
+        self.entry(key)
+    }
+
+    /// Remove `key`'s row (persisted before returning) and, with `delete_transcript`, its
+    /// current transcript file. Returns whether the session existed.
+    pub fn delete(&mut self, key: &str, delete_transcript: bool) -> io::Result<bool> {
+        self.check_key(key)?;
+        let Some(old) = self.entries.remove(key) else {
+            return Ok(false);
+        };
+        if let Err(e) = self.write_index() {
+            self.entries.insert(key.to_string(), old);
+            return Err(e);
+        }
+        let path = transcript_path(&self.state_dir, &old.agent_id, &old.session_id);
+        self.open.remove(&path);
+        if delete_transcript {
+            match fs::remove_file(&path) {
+                Ok(()) => self.note_dir_change(&path),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Session maintenance: drop rows idle (by `updatedAtMs`) for longer than
+    /// `prune_after_ms`, then, if more than `max_entries` remain, the least recently
+    /// updated ones. Both limits apply to this shard (divide a global cap by the worker
+    /// count). Dropped sessions' transcripts are kept, renamed
+    /// `<sessionId>.deleted.<now_ms>.jsonl`. Returns how many rows were removed; the index
+    /// is persisted before returning when any were.
+    pub fn maintain(
+        &mut self,
+        now_ms: i64,
+        prune_after_ms: Option<i64>,
+        max_entries: Option<usize>,
+    ) -> io::Result<usize> {
+        self.tick(now_ms);
+        let mut victims: BTreeSet<String> = BTreeSet::new();
+        if let Some(idle) = prune_after_ms {
+            victims.extend(
+                self.entries
+                    .values()
+                    .filter(|e| now_ms.saturating_sub(e.updated_at_ms) > idle)
+                    .map(|e| e.key.clone()),
+            );
+        }
+        if let Some(max) = max_entries {
+            let mut rest: Vec<&SessionEntry> = self
+                .entries
+                .values()
+                .filter(|e| !victims.contains(&e.key))
+                .collect();
+            if rest.len() > max {
+                rest.sort_by(|a, b| (a.updated_at_ms, &a.key).cmp(&(b.updated_at_ms, &b.key)));
+                let extra = rest.len() - max;
+                let oldest: Vec<String> = rest.iter().take(extra).map(|e| e.key.clone()).collect();
+                victims.extend(oldest);
+            }
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let removed: Vec<SessionEntry> = victims
+            .iter()
+            .filter_map(|k| self.entries.remove(k))
+            .collect();
+        if let Err(e) = self.write_index() {
+            for r in removed {
+                self.entries.insert(r.key.clone(), r);
+            }
+            return Err(e);
+        }
+        for r in &removed {
+            let path = transcript_path(&self.state_dir, &r.agent_id, &r.session_id);
+            if let Err(e) = self.close_transcript(&path) {
+                tracing::warn!(key = %r.key, error = %e, "transcript sync before prune failed");
+            }
+            self.retire_transcript(&path, &r.session_id, "deleted", now_ms);
+        }
+        Ok(removed.len())
+    }
+
+    /// fsync transcripts appended since the last call (all policies: cheap when already
+    /// synced), fsync directories that gained entries, rewrite the index if rows changed,
+    /// and close cached transcript handles. Call periodically (≈ `index_flush_ms`) and on
+    /// shutdown. Every step is attempted; the first error is returned.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let mut first: Option<io::Error> = None;
+        if let Err(e) = self.sync_transcripts() {
+            first.get_or_insert(e);
+        }
+        for dir in std::mem::take(&mut self.dirs_to_sync) {
+            match transcript::sync_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    self.dirs_to_sync.insert(dir);
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        if self.index_dirty {
+            if let Err(e) = self.write_index() {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// fsync and close every cached transcript handle. Handles that fail to sync stay
+    /// cached (and unsynced) for the next attempt.
+    fn sync_transcripts(&mut self) -> io::Result<()> {
+        let mut first = None;
+        for (path, open) in std::mem::take(&mut self.open) {
+            if open.unsynced {
+                if let Err(e) = open.file.sync_data() {
+                    first.get_or_insert(e);
+                    self.open.insert(path, open);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// fsync (if needed) and close one cached transcript handle.
+    fn close_transcript(&mut self, path: &Path) -> io::Result<()> {
+        if let Some(open) = self.open.remove(path) {
+            if open.unsynced {
+                open.file.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn note_dir_change(&mut self, file: &Path) {
+        let Some(dir) = file.parent() else { return };
+        match self.opts.fsync {
+            FsyncPolicy::Always => {
+                if let Err(e) = transcript::sync_dir(dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "directory fsync failed");
+                    self.dirs_to_sync.insert(dir.to_path_buf());
+                }
+            }
+            FsyncPolicy::Batched => {
+                self.dirs_to_sync.insert(dir.to_path_buf());
+            }
+        }
+    }
+
+    /// Rename a transcript that is no longer current to `<sid>.<what>.<ms>.jsonl`. Best
+    /// effort: on failure it simply stays under its old (no longer referenced) name.
+    fn retire_transcript(&mut self, path: &Path, session_id: &str, what: &str, now_ms: i64) {
+        let to = path.with_file_name(format!("{session_id}.{what}.{now_ms}.jsonl"));
+        match fs::rename(path, &to) {
+            Ok(()) => self.note_dir_change(&to),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(from = %path.display(), error = %e, "could not rename old transcript");
+            }
+        }
+    }
+}
+
+impl Drop for SessionShard {
+    fn drop(&mut self) {
+        if self.needs_flush() {
+            if let Err(e) = self.flush() {
+                tracing::warn!(core = self.core, error = %e, "session store flush on drop failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::token::{random_bytes, to_hex};
+    use serde_json::json;
+
+    fn tmp(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "clawgate-sessions-{tag}-{}-{}",
+            std::process::id(),
+            to_hex(&random_bytes::<6>())
+        ))
+    }
+
+    fn msg(id: &str, role: &str, text: &str, ts: i64) -> TranscriptMessage {
+        TranscriptMessage {
+            id: id.into(),
+            role: role.into(),
+            text: text.into(),
+            ts,
+            run_id: None,
+            stop_reason: None,
+            error: None,
+            usage: None,
+        }
+    }
+
+    fn shard(dir: &Path) -> SessionShard {
+        SessionShard::repartition(dir, 1).unwrap();
+        SessionShard::load(dir, 0, 1).unwrap()
+    }
+
+    #[test]
+    fn ensure_persists_new_sessions_immediately() {
+        let d = tmp("ensure");
+        let mut s = shard(&d);
+        s.set_options(StoreOptions {
+            fsync: FsyncPolicy::Batched,
+            index_flush_ms: i64::MAX,
+        });
+        let sid = s.ensure("agent:dev:main", 10).unwrap().session_id.clone();
+        assert_eq!(sid.len(), 36);
+        assert_eq!(s.ensure("agent:dev:main", 20).unwrap().session_id, sid);
+        // Visible on disk without a flush.
+        let other = SessionShard::load(&d, 0, 1).unwrap();
+        assert_eq!(other.get("agent:dev:main").unwrap().session_id, sid);
+        let mode = {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::metadata(s.index_path()).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode, 0o600);
+        assert!(
+            s.ensure("main", 1).is_err(),
+            "short keys are the caller's to canonicalize"
+        );
+        drop(other);
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn keys_of_other_cores_are_refused() {
+        let d = tmp("owner");
+        SessionShard::repartition(&d, 3).unwrap();
+        let mut s = SessionShard::load(&d, 0, 3).unwrap();
+        let foreign = (0..)
+            .map(|i| format!("agent:dev:k{i}"))
+            .find(|k| shard_of(k, 3) != 0)
+            .unwrap();
+        assert!(s.ensure(&foreign, 1).is_err());
+        assert!(matches!(
+            s.patch(&foreign, &json!({}), 1),
+            Err(PatchError::Io(_))
+        ));
+        assert!(SessionShard::load(&d, 3, 3).is_err());
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn patch_validates_and_persists() {
+        let d = tmp("patch");
+        let mut s = shard(&d);
+        let e = s
+            .patch("agent:dev:main", &json!({"key":"main","label":"spec"}), 100)
+            .unwrap();
+        assert_eq!(e.label.as_deref(), Some("spec"));
+        assert_eq!(e.updated_at_ms, 100);
+        let long = "x".repeat(MAX_LABEL_CHARS + 1);
+        for bad in [
+            json!({"label": long}),
+            json!({"nope": true}),
+            json!({"model": 1}),
+        ] {
+            let r = s.patch("agent:dev:main", &bad, 200);
+            assert!(
+                matches!(&r, Err(PatchError::Invalid(m)) if !m.is_empty()),
+                "{bad}: {r:?}"
+            );
+        }
+        // A rejected patch on an unknown key creates nothing.
+        assert!(s.patch("agent:dev:other", &json!({"bad":1}), 300).is_err());
+        assert!(s.get("agent:dev:other").is_none());
+        s.patch(
+            "agent:dev:main",
+            &json!({"model":"openai/x","thinkingLevel":"low"}),
+            400,
+        )
+        .unwrap();
+        let reloaded = SessionShard::load(&d, 0, 1).unwrap();
+        let e = reloaded.get("agent:dev:main").unwrap();
+        assert_eq!(e.label.as_deref(), Some("spec"));
+        assert_eq!(e.model.as_deref(), Some("openai/x"));
+        assert_eq!(e.thinking_level.as_deref(), Some("low"));
+        assert_eq!(e.updated_at_ms, 400);
+        assert_eq!(reloaded.len(), 1);
+        drop((s, reloaded));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn torn_line_is_skipped_and_row_repaired_at_load() {
+        let d = tmp("torn");
+        let mut s = shard(&d);
+        s.set_options(StoreOptions {
+            fsync: FsyncPolicy::Batched,
+            index_flush_ms: i64::MAX,
+        });
+        let key = "agent:dev:main";
+        for i in 0..5 {
+            s.append(
+                key,
+                &msg(&format!("m{i}"), "user", &format!("hello {i}"), i),
+                1000 + i,
+            )
+            .unwrap();
+        }
+        let path = s.transcript_path(key).unwrap();
+        // Crash: no flush, no drop (index still says 0 messages), then a torn tail.
+        std::mem::forget(s);
+        {
+            use std::io::Write as _;
+            let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            f.write_all(br#"{"id":"m5","role":"us"#).unwrap();
+        }
+        let mut s = SessionShard::load(&d, 0, 1).unwrap();
+        let e = s.get(key).unwrap();
+        assert_eq!(e.message_count, 5);
+        assert_eq!(e.last_message_preview.as_deref(), Some("hello 4"));
+        let ids: Vec<String> = s
+            .history(key, 100)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, ["m0", "m1", "m2", "m3", "m4"]);
+        s.append(key, &msg("m6", "assistant", "after", 7), 2000)
+            .unwrap();
+        let ids: Vec<String> = s
+            .history(key, 2)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, ["m4", "m6"]);
+        s.flush().unwrap();
+        assert!(!s.needs_flush());
+        drop(s);
+        let s = SessionShard::load(&d, 0, 1).unwrap();
+        assert_eq!(s.get(key).unwrap().message_count, 6);
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn always_policy_and_update() {
+        let d = tmp("always");
+        SessionShard::repartition(&d, 1).unwrap();
+        let mut s = SessionShard::load_with(
+            &d,
+            0,
+            1,
+            StoreOptions {
+                fsync: FsyncPolicy::Always,
+                index_flush_ms: 0,
+            },
+        )
+        .unwrap();
+        let key = "agent:dev:main";
+        s.append(key, &msg("a", "user", "hi", 1), 10).unwrap();
+        assert!(
+            !s.needs_flush(),
+            "index_flush_ms 0 writes the index on append"
+        );
+        let e = s
+            .update(key, 20, |e| {
+                e.last_run_status = Some("running".into());
+                e.session_id = "hijack".into();
+                e.message_count = 99;
+            })
+            .unwrap();
+        assert_eq!(e.last_run_status.as_deref(), Some("running"));
+        assert_ne!(e.session_id, "hijack");
+        assert_eq!(e.message_count, 1);
+        assert_eq!(e.updated_at_ms, 20);
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn maintenance_prunes_idle_then_caps() {
+        let d = tmp("maint");
+        let mut s = shard(&d);
+        for i in 0..6i64 {
+            let key = format!("agent:dev:s{i}");
+            s.append(&key, &msg("m", "user", "x", i), i * 100).unwrap();
+        }
+        let old_path = s.transcript_path("agent:dev:s0").unwrap();
+        let old_sid = s.get("agent:dev:s0").unwrap().session_id.clone();
+        assert_eq!(s.maintain(1000, None, None).unwrap(), 0);
+        // Idle > 650 ms at t=1000: s0 (0), s1 (100), s2 (200), s3 (300).
+        assert_eq!(s.maintain(1000, Some(650), None).unwrap(), 4);
+        let keys: Vec<&str> = s.list().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["agent:dev:s4", "agent:dev:s5"]);
+        assert!(!old_path.exists());
+        assert!(old_path
+            .with_file_name(format!("{old_sid}.deleted.1000.jsonl"))
+            .exists());
+        s.append("agent:dev:s6", &msg("m", "user", "x", 1), 1100)
+            .unwrap();
+        assert_eq!(s.maintain(1200, None, Some(1)).unwrap(), 2);
+        let keys: Vec<&str> = s.list().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["agent:dev:s6"]);
+        let reloaded = SessionShard::load(&d, 0, 1).unwrap();
+        assert_eq!(reloaded.len(), 1);
+        drop((s, reloaded));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn delete_with_and_without_transcript() {
+        let d = tmp("delete");
+        let mut s = shard(&d);
+        s.append("agent:dev:a", &msg("m", "user", "x", 1), 1)
+            .unwrap();
+        s.append("agent:dev:b", &msg("m", "user", "x", 1), 1)
+            .unwrap();
+        let pa = s.transcript_path("agent:dev:a").unwrap();
+        let pb = s.transcript_path("agent:dev:b").unwrap();
+        assert!(s.delete("agent:dev:a", false).unwrap());
+        assert!(s.delete("agent:dev:b", true).unwrap());
+        assert!(!s.delete("agent:dev:b", true).unwrap());
+        assert!(pa.exists());
+        assert!(!pb.exists());
+        let reloaded = SessionShard::load(&d, 0, 1).unwrap();
+        assert!(reloaded.is_empty());
+        drop((s, reloaded));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_unknown_index_is_an_error_not_data_loss() {
+        let d = tmp("corrupt");
+        let p = index_path(&d, 0, 1);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, b"{not json").unwrap();
+        assert!(SessionShard::load(&d, 0, 1).is_err());
+        assert!(SessionShard::repartition(&d, 2).is_err());
+        assert!(p.exists(), "nothing deleted after a failed repartition");
+        fs::write(&p, br#"{"version":9,"entries":[]}"#).unwrap();
+        assert!(SessionShard::load(&d, 0, 1).is_err());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn unservable_rows_are_carried_not_dropped() {
+        let d = tmp("carry");
+        let p = index_path(&d, 0, 1);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(
+            &p,
+            serde_json::to_vec(&json!({"version":1,"entries":[
+                {"key":"agent:dev:ok","sessionId":"s1","agentId":"dev","createdAtMs":1,"updatedAtMs":1},
+                {"key":"agent:dev:evil","sessionId":"../../etc","agentId":"dev","createdAtMs":1,"updatedAtMs":1}
+            ]}))
+            .unwrap(),
+        )
+        .unwrap();
+        let mut s = SessionShard::load(&d, 0, 1).unwrap();
+        assert_eq!(s.len(), 1);
+        s.ensure("agent:dev:new", 5).unwrap();
+        let raw = fs::read_to_string(&p).unwrap();
+        assert!(
+            raw.contains("../../etc"),
+            "unservable row written back: {raw}"
+        );
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn index_name_parsing() {
+        assert_eq!(parse_index_name("index-0-of-1.json"), Some((0, 1)));
+        assert_eq!(parse_index_name("index-12-of-16.json"), Some((12, 16)));
+        assert_eq!(parse_index_name("index-0-of-1.json.tmp.1.ab"), None);
+        assert_eq!(parse_index_name("index-x-of-1.json"), None);
+        assert_eq!(parse_index_name("sessions.json"), None);
+    }
+}

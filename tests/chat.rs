@@ -1,0 +1,431 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Data plane: sessions pinned to cores, lanes, chat streaming to every client, abort,
+//! dedupe, provider errors, durability across kill -9, and slow consumers.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use clawgate::client::{Client, ClientError};
+use clawgate::store::sessions::shard_of;
+use serde_json::{json, Value};
+use support::{Gateway, Opts};
+
+const RW: &[&str] = &["operator.read", "operator.write", "operator.admin"];
+
+/// Collect chat events for `run_id` until a terminal state; returns the payloads.
+fn chat_until_done(c: &mut Client, run_id: &str, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    let mut pending: Vec<Value> = std::mem::take(&mut c.events);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for run {run_id}: {out:?}"
+        );
+        let v = if pending.is_empty() {
+            c.next_json().unwrap()
+        } else {
+            pending.remove(0)
+        };
+        if v["event"] == "chat" && v["payload"]["runId"] == run_id {
+            let state = v["payload"]["state"].as_str().unwrap_or("").to_string();
+            out.push(v["payload"].clone());
+            if matches!(state.as_str(), "final" | "error" | "aborted") {
+                return out;
+            }
+        }
+    }
+}
+
+fn key_on_shard(shard: usize, not: Option<&str>) -> String {
+    (0..1000)
+        .map(|i| format!("agent:main:s{i}"))
+        .find(|k| shard_of(k, 2) == shard && Some(k.as_str()) != not)
+        .unwrap()
+}
+
+#[test]
+fn three_clients_see_the_identical_stream_and_history_persists() {
+    let g = Gateway::start("uring");
+    let mut watchers: Vec<Client> = (0..3).map(|_| g.connect(&["operator.read"])).collect();
+    let mut sender = g.connect(RW);
+    let ack = sender
+        .call(
+            "chat.send",
+            json!({"sessionKey": "main", "message": "hello there", "idempotencyKey": "run-1"}),
+        )
+        .unwrap();
+    assert_eq!(ack, json!({"runId": "run-1", "status": "started"}));
+    let streams: Vec<Vec<Value>> = watchers
+        .iter_mut()
+        .map(|w| chat_until_done(w, "run-1", Duration::from_secs(10)))
+        .collect();
+    assert_eq!(streams[0], streams[1]);
+    assert_eq!(streams[1], streams[2]);
+    let last = streams[0].last().unwrap();
+    assert_eq!(last["state"], "final");
+    assert_eq!(last["sessionKey"], "agent:main:main");
+    let text = last["message"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("hello there"), "{text}");
+    // Per-run seq strictly increasing from 1; deltas concatenate to the final text.
+    let seqs: Vec<u64> = streams[0]
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let deltas: String = streams[0]
+        .iter()
+        .filter(|p| p["state"] == "delta")
+        .map(|p| p["deltaText"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, text);
+    // History has both messages.
+    let h = sender
+        .call("chat.history", json!({"sessionKey": "main"}))
+        .unwrap();
+    let msgs = h["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{h}");
+    assert_eq!(msgs[0]["role"], "user");
+    assert_eq!(msgs[1]["role"], "assistant");
+    // sessions.list sees it.
+    let list = sender.call("sessions.list", json!({})).unwrap();
+    assert!(
+        list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["key"] == "agent:main:main"),
+        "{list}"
+    );
+}
+
+#[test]
+fn one_session_runs_in_order_two_sessions_run_in_parallel_on_different_cores() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    // Same session: the second run starts only after the first ended.
+    c.call(
+        "chat.send",
+        json!({"sessionKey": "main", "message": "/slow one two three", "idempotencyKey": "a1"}),
+    )
+    .unwrap();
+    c.call(
+        "chat.send",
+        json!({"sessionKey": "main", "message": "second", "idempotencyKey": "a2"}),
+    )
+    .unwrap();
+    let mut order = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut pending = std::mem::take(&mut c.events);
+    while order
+        .iter()
+        .filter(|(_, s): &&(String, String)| s == "final")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline);
+        let v = if pending.is_empty() {
+            c.next_json().unwrap()
+        } else {
+            pending.remove(0)
+        };
+        if v["event"] == "chat" {
+            order.push((
+                v["payload"]["runId"].as_str().unwrap().to_string(),
+                v["payload"]["state"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let first_final = order
+        .iter()
+        .position(|(r, s)| r == "a1" && s == "final")
+        .unwrap();
+    let second_first = order.iter().position(|(r, _)| r == "a2").unwrap();
+    assert!(
+        first_final < second_first,
+        "runs on one session overlapped: {order:?}"
+    );
+
+    // Two sessions owned by different cores: their streams interleave.
+    let k0 = key_on_shard(0, None);
+    let k1 = key_on_shard(1, None);
+    c.call(
+        "chat.send",
+        json!({"sessionKey": k0, "message": "/slow a b c d", "idempotencyKey": "p0"}),
+    )
+    .unwrap();
+    c.call(
+        "chat.send",
+        json!({"sessionKey": k1, "message": "/slow e f g h", "idempotencyKey": "p1"}),
+    )
+    .unwrap();
+    let mut order = Vec::new();
+    let mut pending = std::mem::take(&mut c.events);
+    while order
+        .iter()
+        .filter(|(_, s): &&(String, String)| s == "final")
+        .count()
+        < 2
+    {
+        let v = if pending.is_empty() {
+            c.next_json().unwrap()
+        } else {
+            pending.remove(0)
+        };
+        if v["event"] == "chat" {
+            order.push((
+                v["payload"]["runId"].as_str().unwrap().to_string(),
+                v["payload"]["state"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let p0_final = order
+        .iter()
+        .position(|(r, s)| r == "p0" && s == "final")
+        .unwrap();
+    let p1_final = order
+        .iter()
+        .position(|(r, s)| r == "p1" && s == "final")
+        .unwrap();
+    let p1_first = order.iter().position(|(r, _)| r == "p1").unwrap();
+    let p0_first = order.iter().position(|(r, _)| r == "p0").unwrap();
+    assert!(
+        p1_first < p0_final && p0_first < p1_final,
+        "sessions did not run in parallel: {order:?}"
+    );
+}
+
+#[test]
+fn abort_from_another_client_stops_the_run() {
+    let g = Gateway::start("uring");
+    let mut a = g.connect(RW);
+    let mut b = g.connect(RW);
+    a.call("chat.send", json!({"sessionKey": "main", "message": "/slow this will take a long long long time", "idempotencyKey": "ab1"})).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = b.call("chat.abort", json!({"sessionKey": "main"})).unwrap();
+    assert_eq!(r, json!({"ok": true, "aborted": true, "runIds": ["ab1"]}));
+    let events = chat_until_done(&mut a, "ab1", Duration::from_secs(5));
+    assert_eq!(events.last().unwrap()["state"], "aborted");
+    // Nothing to abort now.
+    assert_eq!(
+        b.call("chat.abort", json!({"sessionKey": "main"})).unwrap()["aborted"],
+        false
+    );
+}
+
+#[test]
+fn repeated_idempotency_key_returns_the_same_run() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    let p = json!({"sessionKey": "dedupe", "message": "once", "idempotencyKey": "same-key"});
+    let a = c.call("chat.send", p.clone()).unwrap();
+    let b = c.call("chat.send", p).unwrap();
+    assert_eq!(a["runId"], b["runId"]);
+    chat_until_done(&mut c, "same-key", Duration::from_secs(10));
+    let h = c
+        .call("chat.history", json!({"sessionKey": "dedupe"}))
+        .unwrap();
+    let users = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .count();
+    assert_eq!(users, 1);
+    // Missing idempotencyKey is a schema error.
+    let ClientError::Rpc(e) = c
+        .call("chat.send", json!({"sessionKey": "main", "message": "x"}))
+        .unwrap_err()
+    else {
+        panic!()
+    };
+    assert_eq!(e["code"], "INVALID_REQUEST");
+}
+
+#[test]
+fn agent_answers_twice_and_agent_wait_reports_the_outcome() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    let res = c
+        .call_raw(
+            "agent",
+            Some(json!({"message": "ping", "idempotencyKey": "ag-1"})),
+        )
+        .unwrap();
+    assert_eq!(res["payload"]["status"], "accepted");
+    let id = res["id"].as_str().unwrap().to_string();
+    let w = c
+        .call("agent.wait", json!({"runId": "ag-1", "timeoutMs": 10000}))
+        .unwrap();
+    assert_eq!(w["status"], "ok", "{w}");
+    assert!(w["startedAt"].as_i64().unwrap() <= w["endedAt"].as_i64().unwrap());
+    // The second response with the same id.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut finals = c
+        .events
+        .iter()
+        .filter(|v| v["type"] == "res" && v["id"] == id.as_str())
+        .cloned()
+        .collect::<Vec<_>>();
+    while finals.is_empty() {
+        assert!(Instant::now() < deadline);
+        let v = c.next_json().unwrap();
+        if v["type"] == "res" && v["id"] == id.as_str() {
+            finals.push(v);
+        }
+    }
+    assert_eq!(finals[0]["ok"], true);
+    assert_eq!(finals[0]["payload"]["status"], "ok");
+    // Failing run: ok:false with both payload and error.
+    let res = c
+        .call_raw(
+            "agent",
+            Some(json!({"message": "/error", "idempotencyKey": "ag-2"})),
+        )
+        .unwrap();
+    let id = res["id"].as_str().unwrap().to_string();
+    let v = loop {
+        let v = c.next_json().unwrap();
+        if v["type"] == "res" && v["id"] == id.as_str() {
+            break v;
+        }
+    };
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["payload"]["status"], "error");
+    assert_eq!(v["error"]["code"], "UNAVAILABLE");
+}
+
+#[test]
+fn provider_failures_become_chat_error_events() {
+    // A provider pointing at a closed port.
+    let cfg = r#"{ models: { providers: { broken: { baseUrl: "http://127.0.0.1:9/v1", api: "openai-completions" } } } }"#;
+    let g = Gateway::start_with(Opts {
+        config: Some(cfg),
+        ..Opts::default()
+    });
+    let mut c = g.connect(RW);
+    c.call(
+        "sessions.patch",
+        json!({"key": "broken", "model": "broken/some-model"}),
+    )
+    .unwrap();
+    c.call(
+        "chat.send",
+        json!({"sessionKey": "broken", "message": "hi", "idempotencyKey": "pe1"}),
+    )
+    .unwrap();
+    let ev = chat_until_done(&mut c, "pe1", Duration::from_secs(20));
+    let last = ev.last().unwrap();
+    assert_eq!(last["state"], "error");
+    assert!(
+        last["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:9"),
+        "{last}"
+    );
+    // The gateway keeps serving other sessions.
+    c.call(
+        "chat.send",
+        json!({"sessionKey": "main", "message": "still ok", "idempotencyKey": "pe2"}),
+    )
+    .unwrap();
+    assert_eq!(
+        chat_until_done(&mut c, "pe2", Duration::from_secs(10))
+            .last()
+            .unwrap()["state"],
+        "final"
+    );
+}
+
+#[test]
+fn kill_9_during_a_burst_keeps_every_acknowledged_message() {
+    let g = Gateway::start("uring");
+    let home = g.home.clone();
+    let mut c = g.connect(RW);
+    let mut acked = Vec::new();
+    let killer = {
+        let pid = g.pid();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        })
+    };
+    for i in 0.. {
+        let text = format!("burst message {i}");
+        match c.call("chat.send", json!({"sessionKey": format!("burst{}", i % 4), "message": text, "idempotencyKey": format!("b{i}")})) {
+            Ok(_) => acked.push((i % 4, text)),
+            Err(_) => break,
+        }
+    }
+    killer.join().unwrap();
+    drop(g);
+    assert!(
+        acked.len() > 5,
+        "too few acknowledged before the kill: {}",
+        acked.len()
+    );
+    let g2 = Gateway::start_with(Opts {
+        home: Some(home),
+        ..Opts::default()
+    });
+    let mut c2 = g2.connect(RW);
+    for s in 0..4 {
+        let h = c2
+            .call(
+                "chat.history",
+                json!({"sessionKey": format!("burst{s}"), "limit": 1000}),
+            )
+            .unwrap();
+        let texts: Vec<String> = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .map(|m| m["content"][0]["text"].as_str().unwrap_or("").to_string())
+            .collect();
+        for (_, t) in acked.iter().filter(|(k, _)| *k == s) {
+            assert!(
+                texts.contains(t),
+                "acknowledged message lost after kill -9: {t}"
+            );
+        }
+    }
+}
+
+#[test]
+fn reset_trigger_starts_a_fresh_session() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    c.call(
+        "chat.send",
+        json!({"sessionKey": "resettable", "message": "first", "idempotencyKey": "r1"}),
+    )
+    .unwrap();
+    chat_until_done(&mut c, "r1", Duration::from_secs(10));
+    let before = c.call("sessions.list", json!({})).unwrap();
+    let sid = |l: &Value| {
+        l["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == "agent:main:resettable")
+            .map(|s| s["sessionId"].clone())
+    };
+    let old = sid(&before);
+    c.call(
+        "chat.send",
+        json!({"sessionKey": "resettable", "message": "/new fresh start", "idempotencyKey": "r2"}),
+    )
+    .unwrap();
+    chat_until_done(&mut c, "r2", Duration::from_secs(10));
+    let after = c.call("sessions.list", json!({})).unwrap();
+    assert_ne!(sid(&after), old, "session id must change on /new");
+    let h = c
+        .call("chat.history", json!({"sessionKey": "resettable"}))
+        .unwrap();
+    let msgs = h["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "only the post-reset turn remains: {h}");
+}
