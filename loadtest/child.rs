@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::frames;
 use crate::ipc::{self, phase, wait_phase};
 use crate::stats::{now_us, self_rss_kb, share, Errors, Hist, Rng};
-use crate::ws::{self, AuthSpec, Conn, Hello, LoadError, Target};
+use crate::ws::{self, Conn, ConnSpec, Hello, LoadError, Target};
 
 /// Phases shared by the fan-out scenarios (parent → child).
 pub mod ph {
@@ -60,11 +60,12 @@ impl Ctx {
             self.srcs.get(k % self.srcs.len()).copied()
         }
     }
-    fn token_auth(&self, scopes: &[&str]) -> AuthSpec {
-        AuthSpec {
+    fn token_auth(&self, scopes: &[&str]) -> ConnSpec {
+        ConnSpec {
             token: self.token.clone(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             device: None,
+            recv_buffer: None,
         }
     }
     fn tag(&self) -> String {
@@ -100,8 +101,9 @@ fn retryable(e: &LoadError) -> bool {
 /// Open `n` authenticated connections with `ctx.setup_concurrency` handshakes in flight;
 /// each one is handed to `body(k, conn, hello)` in its own task right away (so it answers
 /// pings while the rest are still being set up).
-async fn establish<F, Fut>(ctx: &Rc<Ctx>, n: usize, auth: AuthSpec, body: F) -> Setup
+async fn establish<S, F, Fut>(ctx: &Rc<Ctx>, n: usize, spec: S, body: F) -> Setup
 where
+    S: Fn(usize) -> ConnSpec + 'static,
     F: Fn(usize, Conn, Hello) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
 {
@@ -125,11 +127,11 @@ where
         hist: RefCell::default(),
     });
     let body = Rc::new(body);
-    let auth = Rc::new(auth);
+    let spec = Rc::new(spec);
     let workers = ctx.setup_concurrency.clamp(1, n.max(1));
     let mut ws_handles = Vec::new();
     for w in 0..workers {
-        let (sh, body, auth, ctx) = (sh.clone(), body.clone(), auth.clone(), ctx.clone());
+        let (sh, body, spec, ctx) = (sh.clone(), body.clone(), spec.clone(), ctx.clone());
         ws_handles.push(monoio::spawn(async move {
             let mut rng = Rng::new((ctx.index as u64) << 32 | w as u64);
             loop {
@@ -138,6 +140,7 @@ where
                     break;
                 }
                 sh.next.set(k + 1);
+                let auth = spec(k);
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
@@ -317,10 +320,11 @@ pub async fn hold(ctx: Rc<Ctx>, conns: usize) {
     }
     let st = Rc::new(St::default());
     let st2 = st.clone();
+    let spec = ctx.token_auth(&["operator.read"]);
     let setup = establish(
         &ctx,
         n,
-        ctx.token_auth(&["operator.read"]),
+        move |_| spec.clone(),
         move |_k, mut c, _h| {
             let st = st2.clone();
             async move {
@@ -393,7 +397,8 @@ pub async fn rpc(ctx: Rc<Ctx>, o: RpcOpts) {
     let st2 = st.clone();
     let k_pipe = o.pipeline.max(1);
     let method = Rc::new(o.method.clone());
-    let setup = establish(&ctx, n, ctx.token_auth(&["operator.read"]), move |_k, mut c, _h| {
+    let spec = ctx.token_auth(&["operator.read"]);
+    let setup = establish(&ctx, n, move |_| spec.clone(), move |_k, mut c, _h| {
         let st = st2.clone();
         let method = method.clone();
         async move {
@@ -503,6 +508,8 @@ pub struct FanOpts {
     pub run_a: bool,
     /// Run B (slow-consumer run).
     pub run_b: bool,
+    /// SO_RCVBUF of the slow subscribers (None = kernel default / autotuning).
+    pub slow_rcvbuf: Option<usize>,
 }
 
 #[derive(Default)]
@@ -727,10 +734,18 @@ pub async fn fan(ctx: Rc<Ctx>, o: FanOpts) {
     let st = Rc::new(FanSt::default());
     let o = Rc::new(o);
     let (st2, o2) = (st.clone(), o.clone());
+    let spec = ctx.token_auth(&["operator.read"]);
+    let (frac, slow_rcvbuf) = (o.slow_fraction, o.slow_rcvbuf);
     let setup = establish(
         &ctx,
         n,
-        ctx.token_auth(&["operator.read"]),
+        move |k| {
+            let mut s = spec.clone();
+            if is_slow(k, frac) {
+                s.recv_buffer = slow_rcvbuf;
+            }
+            s
+        },
         move |k, c, h| {
             let (st, o) = (st2.clone(), o2.clone());
             if is_slow(k, o.slow_fraction) {

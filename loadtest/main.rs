@@ -176,6 +176,11 @@ enum Cmd {
         /// Seconds between dropping the slow sockets and the last RSS sample.
         #[arg(long, default_value_t = 5)]
         drop_wait_secs: u64,
+        /// SO_RCVBUF for the slow subscribers' sockets (0 = kernel default). Loopback
+        /// receive buffers autotune to many MB, which hides the backlog from the gateway; a
+        /// small value (e.g. 4096) makes it reach the gateway's outbox sooner.
+        #[arg(long, default_value_t = 0)]
+        slow_rcvbuf: usize,
     },
 }
 
@@ -295,6 +300,7 @@ fn run_child(cli: Cli, index: usize, target: ws::Target) -> anyhow::Result<()> {
                         slow_fraction: 0.0,
                         run_a: true,
                         run_b: false,
+                        slow_rcvbuf: None,
                     },
                 )
                 .await
@@ -304,6 +310,7 @@ fn run_child(cli: Cli, index: usize, target: ws::Target) -> anyhow::Result<()> {
                 slow_fraction,
                 events,
                 baseline,
+                slow_rcvbuf,
                 ..
             } => {
                 child::fan(
@@ -314,6 +321,7 @@ fn run_child(cli: Cli, index: usize, target: ws::Target) -> anyhow::Result<()> {
                         slow_fraction: slow_fraction.clamp(0.0, 1.0),
                         run_a: baseline,
                         run_b: true,
+                        slow_rcvbuf: (slow_rcvbuf > 0).then_some(slow_rcvbuf),
                     },
                 )
                 .await
@@ -378,6 +386,7 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                         run_b: false,
                         grace: Duration::from_secs(grace_secs),
                         drop_wait: Duration::ZERO,
+                        slow_rcvbuf: 0,
                     },
                 )
                 .await
@@ -390,6 +399,7 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                 baseline,
                 grace_secs,
                 drop_wait_secs,
+                slow_rcvbuf,
             } => {
                 parent::fan(
                     &common,
@@ -403,6 +413,7 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                         run_b: true,
                         grace: Duration::from_secs(grace_secs),
                         drop_wait: Duration::from_secs(drop_wait_secs),
+                        slow_rcvbuf,
                     },
                 )
                 .await

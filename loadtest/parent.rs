@@ -15,7 +15,7 @@ use crate::child::ph;
 use crate::frames;
 use crate::ipc::Children;
 use crate::stats::{now_us, proc_mem, Errors, Hist, Rng};
-use crate::ws::{self, AuthSpec, Drained, Reader, Target};
+use crate::ws::{self, ConnSpec, Drained, Reader, Target};
 
 /// Settings every scenario needs on the parent side.
 pub struct Common {
@@ -344,10 +344,11 @@ async fn pub_reader(mut r: OwnedReadHalf<TcpStream>, mut rd: Reader, st: Rc<PubS
 impl Publisher {
     async fn connect(c: &Common) -> Result<Publisher, String> {
         let mut rng = Rng::new(0x5055_424c);
-        let auth = AuthSpec {
+        let auth = ConnSpec {
             token: c.token.clone(),
             scopes: vec!["operator.admin".into()],
             device: None,
+            recv_buffer: None,
         };
         let (conn, _, _) = ws::connect(&c.target, None, &auth, c.timeout, &mut rng)
             .await
@@ -488,6 +489,8 @@ pub struct FanPlan {
     pub grace: Duration,
     /// Wait after the slow ones were dropped before the last RSS sample.
     pub drop_wait: Duration,
+    /// SO_RCVBUF of the slow subscribers (0 = kernel default), for the report.
+    pub slow_rcvbuf: usize,
 }
 
 fn run_stats(
@@ -675,7 +678,7 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
     );
     merge_into(
         &mut out,
-        json!({"slow_fraction": p.slow_fraction, "slow_run": slow_run}),
+        json!({"slow_fraction": p.slow_fraction, "slow_rcvbuf": p.slow_rcvbuf, "slow_run": slow_run}),
     );
     if p.run_a {
         let mut base = run_stats(

@@ -141,15 +141,17 @@ impl Target {
     }
 }
 
-/// How to authenticate `connect`.
+/// How to open and authenticate one connection.
 #[derive(Debug, Clone)]
-pub struct AuthSpec {
+pub struct ConnSpec {
     /// Shared token (`auth.token`).
     pub token: String,
     /// Requested scopes.
     pub scopes: Vec<String>,
     /// Sign a device identity with this Ed25519 seed.
     pub device: Option<[u8; 32]>,
+    /// SO_RCVBUF for this socket (set before connect; `None` = kernel autotuning).
+    pub recv_buffer: Option<usize>,
 }
 
 /// What the handshake learned.
@@ -327,12 +329,19 @@ pub struct Conn {
 }
 
 /// Start a non-blocking connect from `src` (port chosen by the kernel) to `dst`.
-fn start_connect(src: Option<IpAddr>, dst: SocketAddr) -> Res<std::net::TcpStream> {
+fn start_connect(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    recv_buffer: Option<usize>,
+) -> Res<std::net::TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
         .map_err(LoadError::Socket)?;
     s.set_nonblocking(true).map_err(LoadError::Socket)?;
     s.set_nodelay(true).map_err(LoadError::Socket)?;
+    if let Some(n) = recv_buffer {
+        s.set_recv_buffer_size(n).map_err(LoadError::Socket)?;
+    }
     if let Some(ip) = src {
         s.bind(&SocketAddr::new(ip, 0).into())
             .map_err(LoadError::Socket)?;
@@ -347,8 +356,13 @@ fn start_connect(src: Option<IpAddr>, dst: SocketAddr) -> Res<std::net::TcpStrea
 
 impl Conn {
     /// TCP connect (bound to `src`) and the HTTP upgrade.
-    pub async fn open(t: &Target, src: Option<IpAddr>, rng: &mut Rng) -> Res<Conn> {
-        let std = start_connect(src, t.addr)?;
+    pub async fn open(
+        t: &Target,
+        src: Option<IpAddr>,
+        recv_buffer: Option<usize>,
+        rng: &mut Rng,
+    ) -> Res<Conn> {
+        let std = start_connect(src, t.addr, recv_buffer)?;
         let io = TcpStream::from_std(std).map_err(LoadError::Socket)?;
         io.writable(true)
             .await
@@ -432,7 +446,7 @@ impl Conn {
 
     /// The protocol handshake: wait for `connect.challenge`, send `connect` (optionally
     /// with a signed device), wait for `hello-ok`.
-    pub async fn handshake(&mut self, auth: &AuthSpec) -> Res<Hello> {
+    pub async fn handshake(&mut self, auth: &ConnSpec) -> Res<Hello> {
         // 1. Challenge (may already be buffered behind the 101 head).
         let mut challenge: Option<(String, i64)> = None;
         let mut bad = false;
@@ -563,13 +577,13 @@ pub async fn write_all_to<W: AsyncWriteRent>(w: &mut W, out: &mut Vec<u8>) -> Re
 pub async fn connect(
     t: &Target,
     src: Option<IpAddr>,
-    auth: &AuthSpec,
+    auth: &ConnSpec,
     timeout: Duration,
     rng: &mut Rng,
 ) -> Res<(Conn, Hello, Duration)> {
     let start = Instant::now();
     let fut = async {
-        let mut c = Conn::open(t, src, rng).await?;
+        let mut c = Conn::open(t, src, auth.recv_buffer, rng).await?;
         let h = c.handshake(auth).await?;
         Ok::<_, LoadError>((c, h))
     };
