@@ -245,8 +245,6 @@ pub struct Session {
     nonce: Option<String>,
     /// Set after hello-ok.
     pub authority: Option<Rc<Authority>>,
-    /// Set after hello-ok.
-    pub client: Option<ClientMeta>,
     in_presence: bool,
 }
 
@@ -267,7 +265,6 @@ impl Session {
             outbox,
             nonce: None,
             authority: None,
-            client: None,
             in_presence: false,
         }
     }
@@ -363,8 +360,8 @@ impl Session {
             self.core.presence_join(self.conn_id, entry);
             self.in_presence = true;
         }
+        // The client description only feeds presence; it is not kept per connection.
         self.authority = Some(authority);
-        self.client = Some(client);
     }
 
     /// Take the challenge nonce (single use).

@@ -24,7 +24,9 @@ use crate::methods::{Session, Verdict};
 use crate::runtime::core::Core;
 
 /// Read buffer size of an idle connection; the pending read of an idle socket pins it.
-pub const IDLE_READ_BUF: usize = 512;
+pub const IDLE_READ_BUF: usize = 256;
+/// Largest write buffer kept between batches.
+const SPARE_WRITE_BUF: usize = 1024;
 /// Largest single read.
 const MAX_READ_CHUNK: usize = 256 * 1024;
 /// Frame limit before `hello-ok`.
@@ -133,7 +135,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 matches!(host, "localhost" | "127.0.0.1" | "[::1]")
             });
             let local = peer.ip().is_loopback() && !head.forwarded && loopback_origin;
-            ws_session(core, stream, peer, buf, echo, local, first_deadline).await;
+            // The head's strings must not live as long as the WebSocket does.
+            drop(head);
+            // A task of its own: the HTTP phase's state is freed instead of riding along for
+            // the WebSocket's lifetime (idle-connection memory).
+            let wsf = ws_session(core, stream, peer, buf, echo, local, first_deadline);
+            monoio::spawn(wsf);
             return;
         }
         // Plain HTTP request.
@@ -235,7 +242,9 @@ async fn writer_task(mut wr: OwnedWriteHalf<TcpStream>, ob: Rc<Outbox>) {
             return;
         }
         b.clear();
-        if b.capacity() > 64 * 1024 {
+        // An idle socket must not pin a big buffer: keep only a small spare (hello-ok alone
+        // is ~4 KB, which would otherwise stay allocated for the connection's lifetime).
+        if b.capacity() > SPARE_WRITE_BUF {
             b = Vec::new();
         }
         spare = b;
@@ -288,7 +297,9 @@ async fn ws_session(
                 Message::Binary(b) if echo => {
                     outbox.push_frame(OpCode::Binary, b);
                 }
-                Message::Text(t) => match session.on_text(t).await {
+                // Boxed: the handler futures (connect, chat routing) are large and would
+                // otherwise be part of every idle connection's task allocation.
+                Message::Text(t) => match Box::pin(session.on_text(t)).await {
                     Verdict::Continue => {}
                     Verdict::Authenticated => {
                         preauth = false;
@@ -329,7 +340,7 @@ async fn ws_session(
         }
         // Size the next read: small when idle, up to what the current frame still needs.
         let want = dec.wanted().clamp(IDLE_READ_BUF, MAX_READ_CHUNK);
-        if buf.is_empty() && buf.capacity() > 8 * IDLE_READ_BUF && dec.wanted() == 0 {
+        if buf.is_empty() && buf.capacity() > IDLE_READ_BUF && dec.wanted() == 0 {
             buf = Vec::with_capacity(IDLE_READ_BUF);
         }
         if buf.capacity() - buf.len() < want.min(IDLE_READ_BUF)
