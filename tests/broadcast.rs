@@ -68,3 +68,42 @@ fn system_event_reaches_every_operator_on_every_core_with_seq_and_state_version(
             .any(|e| e["instanceId"] == "node-a" && e["text"] == "round 2"));
     }
 }
+
+#[test]
+fn long_lived_clients_join_presence_and_leave_on_disconnect() {
+    let g = Gateway::start("uring");
+    let mut admin = g.connect(&["operator.admin"]);
+    let o = clawgate::client::ConnectOptions {
+        token: Some(g.token.clone()),
+        client_id: "openclaw-tui".into(),
+        client_mode: "ui".into(),
+        device: Some(clawgate::client::DeviceIdentity::random()),
+        ..clawgate::client::ConnectOptions::default()
+    };
+    let (tui, _) = Client::connect(&g.url(), &o).unwrap();
+    let has_tui = |c: &mut Client| {
+        c.call("system-presence", json!({}))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mode"] == "ui")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !has_tui(&mut admin) {
+        assert!(
+            Instant::now() < deadline,
+            "ui client never appeared in presence"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One-shot CLI sockets are not listed.
+    let list = admin.call("system-presence", json!({})).unwrap();
+    assert!(!list.as_array().unwrap().iter().any(|e| e["mode"] == "cli"));
+    tui.close();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while has_tui(&mut admin) {
+        assert!(Instant::now() < deadline, "ui client never left presence");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
-use super::{ClientMeta, Session, Verdict};
+use super::{Session, Verdict};
 use crate::auth::device::{self, SignedFields};
 use crate::auth::{scopes, token::secret_eq};
 use crate::config::AuthMode;
@@ -243,16 +243,25 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
         role: role.clone(),
         scopes: effective_scopes,
     });
-    let client = ClientMeta {
-        id: p.client.id.clone(),
-        mode: p.client.mode.clone(),
-        version: p.client.version.clone(),
-        platform: p.client.platform.clone(),
-        device_family: p.client.device_family.clone(),
-        instance_id: p.client.instance_id.clone(),
-        device_id,
-    };
-    s.authenticated(authority.clone(), client);
+    let presence = (!matches!(p.client.mode.as_str(), "cli" | "probe")).then(|| {
+        crate::methods::system::ClientPresence {
+            host: p.client.display_name.clone(),
+            ip: (!s.peer.ip().is_loopback()).then(|| s.peer.ip().to_string()),
+            version: p.client.version.clone(),
+            platform: p.client.platform.clone(),
+            device_family: p.client.device_family.clone(),
+            model_identifier: p.client.model_identifier.clone(),
+            time_zone: p.client.time_zone.clone(),
+            mode: p.client.mode.clone(),
+            client_id: p.client.id.clone(),
+            instance_id: p.client.instance_id.clone(),
+            device_id,
+            roles: vec![authority.role.clone()],
+            scopes: authority.scopes.clone(),
+            connected_at_ms: crate::runtime::core::now_ms(),
+        }
+    });
+    s.authenticated(authority.clone(), presence);
 
     let methods = super::method_names();
     // Zero-scope sockets (probes) get an empty presence list, as the real gateway does.

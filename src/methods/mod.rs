@@ -211,25 +211,6 @@ pub enum Verdict {
     Close(u16, String),
 }
 
-/// The client as it described itself in `connect`.
-#[derive(Debug, Clone)]
-pub struct ClientMeta {
-    /// `client.id`.
-    pub id: String,
-    /// `client.mode`.
-    pub mode: String,
-    /// `client.version`.
-    pub version: String,
-    /// `client.platform`.
-    pub platform: String,
-    /// `client.deviceFamily`.
-    pub device_family: Option<String>,
-    /// `client.instanceId`.
-    pub instance_id: Option<String>,
-    /// Device id when signed.
-    pub device_id: Option<String>,
-}
-
 /// Protocol state of one WebSocket.
 pub struct Session {
     /// This core.
@@ -350,17 +331,19 @@ impl Session {
     }
 
     /// Called by `connect` on success.
-    pub(crate) fn authenticated(&mut self, authority: Rc<Authority>, client: ClientMeta) {
+    /// `presence` is the client's row for long-lived clients (`None` for one-shot CLI and
+    /// probe sockets, which the real gateway does not list); it is not kept per connection.
+    pub(crate) fn authenticated(
+        &mut self,
+        authority: Rc<Authority>,
+        presence: Option<system::ClientPresence>,
+    ) {
         self.core.set_authority(self.conn_id, authority.clone());
-        if !matches!(client.mode.as_str(), "cli" | "probe") {
-            let entry = system::client_presence_entry(
-                &presence_of(&client, &authority, self.peer),
-                now_ms(),
-            );
-            self.core.presence_join(self.conn_id, entry);
+        if let Some(p) = presence {
+            self.core
+                .presence_join(self.conn_id, system::client_presence_entry(&p, now_ms()));
             self.in_presence = true;
         }
-        // The client description only feeds presence; it is not kept per connection.
         self.authority = Some(authority);
     }
 
@@ -407,25 +390,6 @@ impl Session {
             .as_ref()
             .is_some_and(|a| scopes::satisfied(&a.scopes, scopes::ADMIN));
         with_view(&self.core, admin, f)
-    }
-}
-
-fn presence_of(c: &ClientMeta, a: &Authority, peer: SocketAddr) -> system::ClientPresence {
-    system::ClientPresence {
-        host: None,
-        ip: Some(peer.ip().to_string()),
-        version: c.version.clone(),
-        platform: c.platform.clone(),
-        device_family: c.device_family.clone(),
-        mode: c.mode.clone(),
-        client_id: c.id.clone(),
-        instance_id: c.instance_id.clone(),
-        device_id: c.device_id.clone(),
-        roles: vec![a.role.clone()],
-        scopes: a.scopes.clone(),
-        connected_at_ms: now_ms(),
-        model_identifier: None,
-        time_zone: None,
     }
 }
 
