@@ -37,6 +37,28 @@ fn chat_until_done(c: &mut Client, run_id: &str, within: Duration) -> Vec<Value>
     }
 }
 
+/// (runId, state) of every chat event until `finals` runs have ended.
+fn chat_states_until_finals(c: &mut Client, finals: usize) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut pending = std::mem::take(&mut c.events);
+    let mut order: Vec<(String, String)> = Vec::new();
+    while order.iter().filter(|(_, s)| s == "final").count() < finals {
+        assert!(Instant::now() < deadline, "runs did not finish: {order:?}");
+        let v = if pending.is_empty() {
+            c.next_json().unwrap()
+        } else {
+            pending.remove(0)
+        };
+        if v["event"] == "chat" {
+            order.push((
+                v["payload"]["runId"].as_str().unwrap().to_string(),
+                v["payload"]["state"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    order
+}
+
 fn key_on_shard(shard: usize, not: Option<&str>) -> String {
     (0..1000)
         .map(|i| format!("agent:main:s{i}"))
@@ -114,28 +136,7 @@ fn one_session_runs_in_order_two_sessions_run_in_parallel_on_different_cores() {
         json!({"sessionKey": "main", "message": "second", "idempotencyKey": "a2"}),
     )
     .unwrap();
-    let mut order = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut pending = std::mem::take(&mut c.events);
-    while order
-        .iter()
-        .filter(|(_, s): &&(String, String)| s == "final")
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline);
-        let v = if pending.is_empty() {
-            c.next_json().unwrap()
-        } else {
-            pending.remove(0)
-        };
-        if v["event"] == "chat" {
-            order.push((
-                v["payload"]["runId"].as_str().unwrap().to_string(),
-                v["payload"]["state"].as_str().unwrap().to_string(),
-            ));
-        }
-    }
+    let order = chat_states_until_finals(&mut c, 2);
     let first_final = order
         .iter()
         .position(|(r, s)| r == "a1" && s == "final")
@@ -159,26 +160,7 @@ fn one_session_runs_in_order_two_sessions_run_in_parallel_on_different_cores() {
         json!({"sessionKey": k1, "message": "/slow e f g h", "idempotencyKey": "p1"}),
     )
     .unwrap();
-    let mut order = Vec::new();
-    let mut pending = std::mem::take(&mut c.events);
-    while order
-        .iter()
-        .filter(|(_, s): &&(String, String)| s == "final")
-        .count()
-        < 2
-    {
-        let v = if pending.is_empty() {
-            c.next_json().unwrap()
-        } else {
-            pending.remove(0)
-        };
-        if v["event"] == "chat" {
-            order.push((
-                v["payload"]["runId"].as_str().unwrap().to_string(),
-                v["payload"]["state"].as_str().unwrap().to_string(),
-            ));
-        }
-    }
+    let order = chat_states_until_finals(&mut c, 2);
     let p0_final = order
         .iter()
         .position(|(r, s)| r == "p0" && s == "final")
