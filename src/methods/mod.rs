@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 
 use crate::auth::{scopes, token};
 use crate::protocol::error::ErrorShape;
-use crate::protocol::frames::{encode_err, encode_event_unsequenced, encode_ok, parse_request};
+use crate::protocol::frames::{
+    encode_err, encode_event_unsequenced, encode_ok, encode_ok_raw, parse_request,
+};
 use crate::runtime::core::{now_ms, Authority, Core};
 use crate::transport::outbox::Outbox;
 use crate::transport::ws::codec::OpCode;
@@ -42,6 +44,8 @@ pub enum Handler {
     Sync(SyncHandler),
     /// Routed to the session's owner core (may answer twice, like `agent`).
     Chat(chat::ChatMethod),
+    /// A per-core cached snapshot, already serialized (`health`).
+    Snapshot(fn(&Core) -> Rc<Vec<u8>>),
 }
 
 /// One row of the method table.
@@ -63,7 +67,7 @@ pub static TABLE: &[MethodSpec] = &[
         name: "health",
         role: RoleReq::Any,
         scope: None,
-        handler: Handler::Sync(system_methods::health),
+        handler: Handler::Snapshot(Core::health_payload),
     },
     MethodSpec {
         name: "status",
@@ -299,6 +303,7 @@ impl Session {
                 Err(e) => self.reply(&encode_err(&req.id, &e, None)),
             },
             Ok(Handler::Chat(m)) => chat::handle(self, m, &req.id, &params).await,
+            Ok(Handler::Snapshot(f)) => self.reply(&encode_ok_raw(&req.id, &f(&self.core))),
             Err(e) => self.reply(&encode_err(&req.id, &e, None)),
         }
         Verdict::Continue
@@ -446,9 +451,6 @@ mod system_methods {
     //! Thin adapters from the table to the pure builders in `system`.
     use super::*;
 
-    pub(super) fn health(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
-        Ok(s.with_view(system::health_snapshot))
-    }
     pub(super) fn status(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
         Ok(s.with_view(|v| system::status_with_params(v, p)))
     }

@@ -105,6 +105,18 @@ pub fn encode_ok(id: &str, payload: &Value) -> Vec<u8> {
     out
 }
 
+/// `{"type":"res","id":…,"ok":true,"payload":<payload_json>}` from an already-serialized
+/// payload (cached snapshots).
+pub fn encode_ok_raw(id: &str, payload_json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + id.len() + payload_json.len());
+    out.extend_from_slice(br#"{"type":"res","id":"#);
+    push_json_str(&mut out, id);
+    out.extend_from_slice(br#","ok":true,"payload":"#);
+    out.extend_from_slice(payload_json);
+    out.push(b'}');
+    out
+}
+
 /// `{"type":"res","id":…,"ok":false,"error":…}` (plus `payload` when given, as `agent` does).
 pub fn encode_err(id: &str, error: &ErrorShape, payload: Option<&Value>) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);

@@ -237,7 +237,13 @@ pub struct Core {
     pub relay_drops: Cell<u64>,
     /// The sessions this core owns.
     pub sessions: crate::state::sessions::SessionOwner,
+    /// Serialized health snapshot and when it was built (uptime ms); rebuilt at most once per
+    /// [`HEALTH_CACHE_MS`] so `health` RPCs cost a copy, not a JSON build.
+    health_json: RefCell<Option<(i64, Rc<Vec<u8>>)>>,
 }
+
+/// How long a serialized health snapshot is reused.
+pub const HEALTH_CACHE_MS: i64 = 1000;
 
 impl Core {
     /// Build a core's state.
@@ -259,10 +265,25 @@ impl Core {
             health_version: Cell::new(1),
             relay_drops: Cell::new(0),
             sessions,
+            health_json: RefCell::new(None),
         };
         let snap = core.build_presence(1);
         *core.presence.borrow_mut() = Arc::new(snap);
         core
+    }
+
+    /// The health snapshot as JSON bytes (cached for [`HEALTH_CACHE_MS`]).
+    pub fn health_payload(&self) -> Rc<Vec<u8>> {
+        let now = self.shared.uptime_ms();
+        if let Some((at, bytes)) = self.health_json.borrow().as_ref() {
+            if now - at < HEALTH_CACHE_MS {
+                return bytes.clone();
+            }
+        }
+        let v = crate::methods::with_view(self, false, crate::methods::system::health_snapshot);
+        let bytes = Rc::new(serde_json::to_vec(&v).unwrap_or_default());
+        *self.health_json.borrow_mut() = Some((now, bytes.clone()));
+        bytes
     }
 
     /// Register a connection; returns its id (unique on this core).
