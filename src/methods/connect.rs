@@ -328,6 +328,16 @@ async fn pair(
         role: role.to_string(),
         scopes: requested.to_vec(),
     };
+    // Already paired with everything asked for: answer from this core's replica, no hop to
+    // core 0 (the common reconnect case).
+    if let Some(t) = s.core.devices.borrow().unchanged_token(
+        &job.device_id,
+        &job.public_key,
+        &job.role,
+        &job.scopes,
+    ) {
+        return Ok(t);
+    }
     match s.core.pair(job).await {
         PairOutcome::Approved {
             token,

@@ -338,6 +338,35 @@ impl DeviceRegistry {
             .map(|s| (s, now_ms, true))
     }
 
+    /// The token a paired device would get back right now without any change to the
+    /// registry: the device is paired with this key, holds `role`, its grant covers `scopes`,
+    /// and its token for `role` covers them too. `None` means pairing work is needed.
+    pub fn unchanged_token(
+        &self,
+        device_id: &str,
+        public_key: &str,
+        role: &str,
+        scopes: &[String],
+    ) -> Option<(String, i64)> {
+        let d = self.devices.get(device_id)?;
+        let covered = |granted: &[String]| {
+            scopes
+                .iter()
+                .all(|s| crate::auth::scopes::satisfied(granted, s))
+        };
+        if d.public_key != public_key || !d.roles.iter().any(|r| r == role) || !covered(&d.scopes) {
+            return None;
+        }
+        let t = d.tokens.iter().find(|t| t.role == role)?;
+        if !covered(&t.scopes) {
+            return None;
+        }
+        Some((
+            t.secret.clone()?,
+            t.rotated_at_ms.unwrap_or(t.created_at_ms),
+        ))
+    }
+
     /// Find the device and token record matching a presented secret (hash compare).
     ///
     /// The secret is hashed, looked up in the hash index and the stored hash re-checked in
@@ -742,5 +771,39 @@ mod tests {
             e["tokens"][0],
             json!({"role": "operator", "scopes": [], "createdAtMs": 5})
         );
+    }
+
+    #[test]
+    fn unchanged_token_only_when_nothing_would_change() {
+        let mut reg = DeviceRegistry::default();
+        let read = vec!["operator.read".to_string()];
+        let req = PairingRequest {
+            device_id: "dev1",
+            public_key: "pk1",
+            client_id: "cli",
+            client_mode: "cli",
+            platform: None,
+            device_family: None,
+            role: "operator",
+            scopes: &read,
+        };
+        assert!(reg
+            .unchanged_token("dev1", "pk1", "operator", &read)
+            .is_none());
+        reg.approve_silently(&req, 1);
+        let (tok, _, _) = reg.ensure_token("dev1", "operator", &read, 1).unwrap();
+        assert_eq!(
+            reg.unchanged_token("dev1", "pk1", "operator", &read)
+                .map(|t| t.0),
+            Some(tok)
+        );
+        // Another key, another role, or more scopes need the owner core.
+        assert!(reg
+            .unchanged_token("dev1", "pk2", "operator", &read)
+            .is_none());
+        assert!(reg.unchanged_token("dev1", "pk1", "node", &read).is_none());
+        assert!(reg
+            .unchanged_token("dev1", "pk1", "operator", &["operator.pairing".to_string()])
+            .is_none());
     }
 }
