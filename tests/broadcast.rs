@@ -31,7 +31,11 @@ fn system_event_reaches_every_operator_on_every_core_with_seq_and_state_version(
         let mut watchers: Vec<Client> = (0..8).map(|_| g.connect(&["operator.read"])).collect();
         let mut admin = g.connect(&["operator.admin"]);
         let v0 = admin.call("system-presence", json!({})).unwrap();
-        assert!(v0.as_array().unwrap().iter().any(|e| e["mode"] == "gateway"));
+        assert!(v0
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mode"] == "gateway"));
         let mut versions = Vec::new();
         for round in 0..3 {
             admin.call("system-event", json!({"text": format!("round {round}"), "instanceId": "node-a", "host": "box"})).unwrap();
@@ -40,7 +44,13 @@ fn system_event_reaches_every_operator_on_every_core_with_seq_and_state_version(
                 let ev = next_presence(w);
                 // First event after hello-ok is seq 1, then 2, 3 (no tick within the test).
                 assert_eq!(ev["seq"], round + 1, "{d}: per-connection seq");
-                let entry = ev["payload"]["presence"].as_array().unwrap().iter().find(|e| e["instanceId"] == "node-a").cloned().unwrap();
+                let entry = ev["payload"]["presence"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["instanceId"] == "node-a")
+                    .cloned()
+                    .unwrap();
                 assert_eq!(entry["text"], format!("round {round}"));
                 seen.push(ev["stateVersion"]["presence"].as_u64().unwrap());
             }
@@ -51,6 +61,10 @@ fn system_event_reaches_every_operator_on_every_core_with_seq_and_state_version(
         assert!(versions.windows(2).all(|w| w[1] > w[0]), "{versions:?}");
         // The presence list is the same on every core (replicated from core 0).
         let p = watchers[0].call("system-presence", json!({})).unwrap();
-        assert!(p.as_array().unwrap().iter().any(|e| e["instanceId"] == "node-a" && e["text"] == "round 2"));
+        assert!(p
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["instanceId"] == "node-a" && e["text"] == "round 2"));
     }
 }

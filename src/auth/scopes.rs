@@ -40,9 +40,44 @@ pub fn satisfied(granted: &[String], required: &str) -> bool {
     has(required) || has(ADMIN) || ((required == READ || required == TALK) && has(WRITE))
 }
 
+/// Bit of a known scope in a [`mask`] (0 for unknown scopes, which no mask satisfies).
+pub fn bit(scope: &str) -> u16 {
+    ALL.iter()
+        .position(|s| *s == scope)
+        .map(|i| 1u16 << i)
+        .unwrap_or(0)
+}
+
+/// Every known scope that `granted` satisfies, as bits: computed once per connection so a
+/// broadcast's scope filter is one AND per recipient.
+pub fn mask(granted: &[String]) -> u16 {
+    ALL.iter()
+        .enumerate()
+        .filter(|(_, s)| satisfied(granted, s))
+        .fold(0, |m, (i, _)| m | (1u16 << i))
+}
+
 /// True when `s` is a known operator scope.
 pub fn is_known(s: &str) -> bool {
     ALL.contains(&s)
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::*;
+
+    #[test]
+    fn mask_agrees_with_satisfied() {
+        let sets: [&[&str]; 4] = [&[], &[READ], &[WRITE], &[ADMIN]];
+        for set in sets {
+            let granted: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            let m = mask(&granted);
+            for s in ALL {
+                assert_eq!(m & bit(s) != 0, satisfied(&granted, s), "{set:?} {s}");
+            }
+        }
+        assert_eq!(bit("operator.unknown"), 0);
+    }
 }
 
 #[cfg(test)]

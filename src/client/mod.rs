@@ -89,6 +89,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// SO_RCVBUF for the socket (tests use a tiny one to play a slow consumer).
     pub recv_buffer: Option<usize>,
+    /// Extra headers on the upgrade request (e.g. a proxy's `X-Forwarded-For`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Default for ConnectOptions {
@@ -106,6 +108,7 @@ impl Default for ConnectOptions {
             max_protocol: 4,
             timeout: Duration::from_secs(10),
             recv_buffer: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -142,7 +145,7 @@ fn parse_url(url: &str) -> Result<(String, String), ClientError> {
 impl Client {
     /// Open the socket and complete the HTTP upgrade (no protocol handshake yet).
     pub fn open(url: &str, timeout: Duration) -> Result<Self, ClientError> {
-        Self::open_with(url, timeout, None)
+        Self::open_with(url, timeout, None, &[])
     }
 
     /// [`Client::open`] with an optional SO_RCVBUF set before connecting.
@@ -150,6 +153,7 @@ impl Client {
         url: &str,
         timeout: Duration,
         recv_buffer: Option<usize>,
+        headers: &[(String, String)],
     ) -> Result<Self, ClientError> {
         let (hostport, path) = parse_url(url)?;
         let stream = match recv_buffer {
@@ -176,9 +180,13 @@ impl Client {
         let mut key = [0u8; 16];
         let _ = getrandom::getrandom(&mut key);
         let key = base64::engine::general_purpose::STANDARD.encode(key);
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
         );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
         let mut c = Self {
             stream,
             dec: Decoder::new(Role::Client, 64 << 20),
@@ -281,7 +289,7 @@ impl Client {
 
     /// Connect and complete the protocol handshake; returns the client and the hello-ok payload.
     pub fn connect(url: &str, o: &ConnectOptions) -> Result<(Self, Value), ClientError> {
-        let mut c = Self::open_with(url, o.timeout, o.recv_buffer)?;
+        let mut c = Self::open_with(url, o.timeout, o.recv_buffer, &o.headers)?;
         let challenge = c.next_json()?;
         let nonce = challenge["payload"]["nonce"]
             .as_str()

@@ -143,11 +143,25 @@ pub fn encode_event_body(
 }
 
 /// The per-socket tail `,"seq":N}` of an event frame (written into `buf`, returns its length).
+/// Runs once per recipient of every broadcast, so it formats without allocating.
 pub fn seq_tail(buf: &mut [u8; 32], seq: u64) -> usize {
-    let s = format!(r#","seq":{seq}}}"#);
-    let n = s.len().min(buf.len());
-    buf[..n].copy_from_slice(&s.as_bytes()[..n]);
-    n
+    const HEAD: &[u8] = b",\"seq\":";
+    buf[..HEAD.len()].copy_from_slice(HEAD);
+    let mut digits = [0u8; 20];
+    let mut n = seq;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    buf[HEAD.len()..HEAD.len() + len].copy_from_slice(&digits[i..]);
+    buf[HEAD.len() + len] = b'}';
+    HEAD.len() + len + 1
 }
 
 /// A complete event frame without `seq` (used for the pre-auth `connect.challenge`).
@@ -198,6 +212,18 @@ mod tests {
         assert_eq!(v["seq"], 42);
         assert_eq!(v["stateVersion"]["health"], 3);
         assert_eq!(v["payload"]["ts"], 1);
+    }
+
+    #[test]
+    fn seq_tail_formats_every_magnitude() {
+        let mut b = [0u8; 32];
+        for seq in [0u64, 1, 9, 10, 12345, u64::MAX] {
+            let n = seq_tail(&mut b, seq);
+            assert_eq!(
+                std::str::from_utf8(&b[..n]).unwrap(),
+                format!(r#","seq":{seq}}}"#)
+            );
+        }
     }
 
     #[test]

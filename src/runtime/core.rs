@@ -106,6 +106,9 @@ impl Shared {
     }
 }
 
+/// Mask bit every authenticated operator has (events without a scope requirement).
+const SCOPE_ANY: u16 = 1 << 15;
+
 /// Wall clock in ms.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -206,6 +209,8 @@ pub struct ConnEntry {
     pub outbox: Rc<Outbox>,
     /// Set at hello-ok.
     pub authority: Option<Rc<Authority>>,
+    /// `scopes::mask` of an operator's authority (0 for nodes and before hello-ok).
+    pub scope_mask: u16,
     /// Last time a pong (or any frame) was received, ms since start.
     pub last_seen_ms: Rc<Cell<i64>>,
     /// When the outstanding ping was sent (0 = none).
@@ -271,6 +276,7 @@ impl Core {
             ConnEntry {
                 outbox,
                 authority: None,
+                scope_mask: 0,
                 last_seen_ms: last_seen.clone(),
                 ping_sent_ms: ping_sent.clone(),
             },
@@ -281,6 +287,12 @@ impl Core {
     /// Mark a connection authenticated (it starts receiving broadcasts).
     pub fn set_authority(&self, id: u64, a: Rc<Authority>) {
         if let Some(c) = self.conns.borrow_mut().get_mut(&id) {
+            // Operators get every event with no scope requirement: keep a bit set for that.
+            c.scope_mask = if a.role == "operator" {
+                scopes::mask(&a.scopes) | SCOPE_ANY
+            } else {
+                0
+            };
             c.authority = Some(a);
         }
     }
@@ -360,17 +372,14 @@ impl Core {
     /// Deliver a broadcast to this core's authenticated operator sockets.
     pub fn fanout_local(&self, b: &Broadcast) {
         let mut slow = Vec::new();
+        let need = b.scope.map(scopes::bit).unwrap_or(SCOPE_ANY);
         for (id, c) in self.conns.borrow().iter() {
-            let Some(a) = &c.authority else { continue };
-            if a.role != "operator" {
+            if c.scope_mask & need == 0 {
                 continue;
             }
-            if let Some(s) = b.scope {
-                if !scopes::satisfied(&a.scopes, s) {
-                    continue;
-                }
-            }
-            if c.outbox.push_event(&b.body, b.droppable) == Push::Closed && c.outbox.is_dead() {
+            if c.outbox.push_event(&b.body, b.droppable) == Push::Closed
+                && (c.outbox.is_dead() || c.outbox.closed_as_slow())
+            {
                 slow.push(*id);
             }
         }

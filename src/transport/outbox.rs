@@ -65,6 +65,7 @@ pub struct Outbox {
     st: RefCell<State>,
     seq: Cell<u64>,
     dropped: Cell<u64>,
+    slow_closed: Cell<bool>,
     budget: Budget,
     canceller: RefCell<Option<Canceller>>,
 }
@@ -76,6 +77,7 @@ impl Outbox {
             st: RefCell::new(State::default()),
             seq: Cell::new(0),
             dropped: Cell::new(0),
+            slow_closed: Cell::new(false),
             budget,
             canceller: RefCell::new(Some(Canceller::new())),
         }
@@ -124,11 +126,30 @@ impl Outbox {
             return Push::Dropped;
         }
         if queued + len > self.budget.max_buffered {
-            drop_state(st);
+            // Return the backlog's memory now and leave only a 1008 close behind whatever the
+            // kernel already holds; the connection loop gives it a short grace, then kills.
+            st.buf = Vec::new();
+            codec::encode_close(&mut st.buf, 1008, "slow consumer");
+            st.closing = true;
+            if let Some(w) = st.waker.take() {
+                w.wake();
+            }
+            self.slow_closed.set(true);
             tracing::warn!(message = "Slow consumer closed.", queued_bytes = queued);
             return Push::Closed;
         }
         Push::Queued
+    }
+
+    /// True once the budget was exceeded (the socket is being closed with 1008).
+    pub fn closed_as_slow(&self) -> bool {
+        self.slow_closed.get()
+    }
+
+    fn interrupt_reader(&self) {
+        if let Some(c) = self.canceller.borrow_mut().take() {
+            let _ = c.cancel();
+        }
     }
 
     /// Queue one non-droppable frame (responses, control frames).
@@ -138,9 +159,9 @@ impl Outbox {
         if r == Push::Queued {
             codec::encode_frame(&mut st.buf, op, payload);
             Self::wake(&mut st);
-        } else if r == Push::Closed && st.dead {
+        } else if r == Push::Closed && self.slow_closed.get() {
             drop(st);
-            self.kill();
+            self.interrupt_reader();
         }
         r
     }
@@ -167,9 +188,9 @@ impl Outbox {
             // The client detects the gap from seq.
             Push::Dropped => self.seq.set(seq),
             Push::Closed => {
-                if st.dead {
+                if self.slow_closed.get() {
                     drop(st);
-                    self.kill();
+                    self.interrupt_reader();
                 }
             }
         }
@@ -194,9 +215,7 @@ impl Outbox {
             let mut st = self.st.borrow_mut();
             drop_state(&mut st);
         }
-        if let Some(c) = self.canceller.borrow_mut().take() {
-            let _ = c.cancel();
-        }
+        self.interrupt_reader();
     }
 
     /// Writer side: wait for bytes. Returns the filled buffer (swapped with `spare`) and whether

@@ -1,0 +1,145 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Configuration end to end: JSON5 + `${VAR}`, startup errors, auth modes, trusted proxies.
+mod support;
+
+use clawgate::client::{Client, ClientError, ConnectOptions, DeviceIdentity};
+use serde_json::json;
+use support::{temp_dir, Gateway, Opts};
+
+#[test]
+fn missing_env_var_is_a_startup_error_naming_it() {
+    let home = temp_dir("cfg");
+    std::fs::create_dir_all(home.join(".openclaw")).unwrap();
+    std::fs::write(
+        home.join(".openclaw/openclaw.json"),
+        "{ gateway: { auth: { token: '${CLAWGATE_TEST_UNSET_VAR}' } } }",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawgate"))
+        .args(["gateway", "run", "--port", "0"])
+        .env("HOME", &home)
+        .env_remove("CLAWGATE_TEST_UNSET_VAR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CLAWGATE_TEST_UNSET_VAR") && err.contains("gateway.auth.token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn json5_config_with_env_token_and_port_precedence() {
+    let cfg = "// comment\n{ gateway: { auth: { mode: 'token', token: '${MY_GW_TOKEN}', }, }, }";
+    let g = Gateway::start_with(Opts {
+        token: None,
+        config: Some(cfg),
+        env: vec![("MY_GW_TOKEN".into(), "from-env-123".into())],
+        ..Opts::default()
+    });
+    let o = ConnectOptions {
+        token: Some("from-env-123".into()),
+        ..ConnectOptions::default()
+    };
+    let (mut c, _) = Client::connect(&g.url(), &o).unwrap();
+    let got = c.call("config.get", json!({})).unwrap();
+    // Secrets never leave the gateway.
+    assert!(!got.to_string().contains("from-env-123"), "{got}");
+    // `clawgate gateway call` with the same environment works too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawgate"))
+        .args(["gateway", "call", "health", "--url", &g.url(), "--json"])
+        .env("HOME", &g.home)
+        .env("OPENCLAW_GATEWAY_TOKEN", "from-env-123")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\": true"));
+}
+
+#[test]
+fn password_mode_and_generated_token_file() {
+    let g = Gateway::start_with(Opts {
+        token: None,
+        extra: vec![
+            "--auth".into(),
+            "password".into(),
+            "--password".into(),
+            "pw-1".into(),
+        ],
+        ..Opts::default()
+    });
+    let o = ConnectOptions {
+        password: Some("pw-1".into()),
+        ..ConnectOptions::default()
+    };
+    let (_c, hello) = Client::connect(&g.url(), &o).unwrap();
+    assert_eq!(hello["auth"]["method"], "password");
+    let bad = ConnectOptions {
+        password: Some("nope".into()),
+        ..ConnectOptions::default()
+    };
+    let Err(ClientError::Rpc(e)) = Client::connect(&g.url(), &bad) else {
+        panic!()
+    };
+    assert_eq!(e["details"]["code"], "AUTH_PASSWORD_MISMATCH");
+
+    // No token anywhere: one is generated, stored 0600, and `auth-token` prints it.
+    let g2 = Gateway::start_with(Opts {
+        token: None,
+        ..Opts::default()
+    });
+    let path = g2.state_dir.join("gateway-token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawgate"))
+        .args(["gateway", "auth-token"])
+        .env("HOME", &g2.home)
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(token.len(), 43);
+    let o = ConnectOptions {
+        token: Some(token),
+        ..ConnectOptions::default()
+    };
+    Client::connect(&g2.url(), &o).unwrap();
+}
+
+#[test]
+fn remote_device_behind_a_trusted_proxy_is_not_paired_silently() {
+    let cfg = "{ gateway: { trustedProxies: ['127.0.0.1'] } }";
+    let g = Gateway::start_with(Opts {
+        config: Some(cfg),
+        ..Opts::default()
+    });
+    let remote = vec![("X-Forwarded-For".to_string(), "100.64.1.2".to_string())];
+    let o = ConnectOptions {
+        token: Some(g.token.clone()),
+        device: Some(DeviceIdentity::random()),
+        headers: remote.clone(),
+        ..ConnectOptions::default()
+    };
+    let Err(ClientError::Rpc(e)) = Client::connect(&g.url(), &o) else {
+        panic!("remote device was let in")
+    };
+    assert_eq!(e["code"], "NOT_PAIRED");
+    assert_eq!(e["details"]["code"], "PAIRING_REQUIRED");
+    assert!(!g.state_dir.join("devices/paired.json").exists());
+    // The same remote client without a device gets a zero-scope socket (not the CLI's scopes).
+    let o = ConnectOptions {
+        token: Some(g.token.clone()),
+        headers: remote,
+        ..ConnectOptions::default()
+    };
+    let (mut c, hello) = Client::connect(&g.url(), &o).unwrap();
+    assert_eq!(hello["auth"]["scopes"], json!([]));
+    assert_eq!(c.call("health", json!({})).unwrap()["ok"], true);
+}
