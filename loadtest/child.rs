@@ -240,6 +240,7 @@ pub async fn storm(ctx: Rc<Ctx>, o: StormOpts) {
         next: Cell<usize>,
         ok: Cell<u64>,
         close_ok: Cell<u64>,
+        finished: Cell<usize>,
         hist: RefCell<Hist>,
         errors: RefCell<Errors>,
         close_errors: RefCell<Errors>,
@@ -248,6 +249,7 @@ pub async fn storm(ctx: Rc<Ctx>, o: StormOpts) {
         next: Cell::new(0),
         ok: Cell::new(0),
         close_ok: Cell::new(0),
+        finished: Cell::new(0),
         hist: RefCell::default(),
         errors: RefCell::default(),
         close_errors: RefCell::default(),
@@ -288,7 +290,8 @@ pub async fn storm(ctx: Rc<Ctx>, o: StormOpts) {
                     }
                     Err(e) => st.errors.borrow_mut().add(e.kind()),
                 }
-                let done = st.ok.get() as usize + st.errors.borrow().total() as usize;
+                let done = st.finished.get() + 1;
+                st.finished.set(done);
                 if done % 2000 == 0 {
                     eprintln!("{} storm {done}/{n}", ctx.tag());
                 }
