@@ -326,19 +326,32 @@ fn kill_9_during_a_burst_keeps_every_acknowledged_message() {
     let home = g.home.clone();
     let mut c = g.connect(RW);
     let mut acked = Vec::new();
+    // Kill once 120 messages are acknowledged, while the sender keeps going: the kill lands
+    // mid-burst on any machine speed, and each session's transcript stays well inside one
+    // chat.history page (user + assistant lines), so nothing is hidden by the page limit.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let killer = {
         let pid = g.pid();
+        let count = count.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while count.load(std::sync::atomic::Ordering::Acquire) < 120
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .status();
         })
     };
-    for i in 0.. {
+    for i in 0..2000 {
         let text = format!("burst message {i}");
         match c.call("chat.send", json!({"sessionKey": format!("burst{}", i % 4), "message": text, "idempotencyKey": format!("b{i}")})) {
-            Ok(_) => acked.push((i % 4, text)),
+            Ok(_) => {
+                acked.push((i % 4, text));
+                count.store(acked.len(), std::sync::atomic::Ordering::Release);
+            }
             Err(_) => break,
         }
     }
