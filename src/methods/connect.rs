@@ -69,10 +69,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     let shared_ok: Option<bool> = match (mode, &shared.auth.secret) {
         (AuthMode::None, _) => Some(true),
         (_, None) => Some(false),
-        (_, Some(secret)) if presented.is_empty() => {
-            let _ = secret;
-            None
-        }
+        (_, Some(_)) if presented.is_empty() => None,
         (_, Some(secret)) => Some(presented.iter().any(|p| secret_eq(p, secret))),
     };
 

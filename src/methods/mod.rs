@@ -414,15 +414,7 @@ fn with_view_sessions<R>(
     f: impl FnOnce(&system::SystemView<'_>) -> R,
 ) -> R {
     let cfg = &core.shared.config;
-    let sessions_path = cfg
-        .paths
-        .state_dir
-        .join("agents")
-        .join(cfg.default_agent_id())
-        .join("sessions")
-        .join("sessions.json")
-        .display()
-        .to_string();
+    let sessions_path = system::session_store_path(&cfg.paths.state_dir, cfg.default_agent_id());
     let view = system::SystemView {
         now_ms: now_ms(),
         started_at_ms: core.shared.started_at_ms,

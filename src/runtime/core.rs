@@ -606,43 +606,31 @@ impl Core {
         slot.wait().await
     }
 
+    /// Apply a gateway-wide change on core 0: directly when this is core 0, else by message.
+    fn to_owner(&self, msg: MeshMsg) {
+        if self.id == 0 {
+            self.on_mesh(msg);
+        } else {
+            let _ = self.shared.mesh.send(self.id, 0, msg);
+        }
+    }
+
     /// A client joined presence (sent to core 0).
     pub fn presence_join(&self, conn: u64, entry: Value) {
         let key = (self.id, conn);
-        if self.id == 0 {
-            self.on_mesh(MeshMsg::PresenceJoin(key, entry));
-        } else {
-            let _ = self
-                .shared
-                .mesh
-                .send(self.id, 0, MeshMsg::PresenceJoin(key, entry));
-        }
+        self.to_owner(MeshMsg::PresenceJoin(key, entry));
     }
 
     /// A `system-event` presence row (keyed by instance/device/host), upserted on core 0.
     pub fn presence_event(&self, key: u64, entry: Value) {
         let key = (usize::MAX, key);
-        if self.id == 0 {
-            self.on_mesh(MeshMsg::PresenceJoin(key, entry));
-        } else {
-            let _ = self
-                .shared
-                .mesh
-                .send(self.id, 0, MeshMsg::PresenceJoin(key, entry));
-        }
+        self.to_owner(MeshMsg::PresenceJoin(key, entry));
     }
 
     /// A client left presence.
     pub fn presence_leave(&self, conn: u64) {
         let key = (self.id, conn);
-        if self.id == 0 {
-            self.on_mesh(MeshMsg::PresenceLeave(key));
-        } else {
-            let _ = self
-                .shared
-                .mesh
-                .send(self.id, 0, MeshMsg::PresenceLeave(key));
-        }
+        self.to_owner(MeshMsg::PresenceLeave(key));
     }
 
     fn build_presence(&self, version: u64) -> PresenceSnap {

@@ -279,7 +279,6 @@ async fn ws_session(
         session.send_challenge();
     }
     let mut close_sent_at: Option<Instant> = None;
-    let mut peer_closed = false;
     'conn: loop {
         loop {
             let msg = match dec.next(&mut buf) {
@@ -326,7 +325,6 @@ async fn ws_session(
                         _ => 1000,
                     };
                     outbox.close(reply, "");
-                    peer_closed = true;
                     break 'conn;
                 }
             }
@@ -376,7 +374,6 @@ async fn ws_session(
         buf = slice.into_inner();
         match res {
             Ok(0) | Err(_) => {
-                peer_closed = true;
                 break;
             }
             Ok(_) => last_seen.set(core.shared.uptime_ms()),
@@ -387,7 +384,7 @@ async fn ws_session(
     }
     session.on_closed();
     core.remove_conn(conn_id);
-    if !outbox.is_closed() || (peer_closed && !outbox.is_closed()) {
+    if !outbox.is_closed() {
         outbox.kill();
     }
     // Let the writer flush the close frame (bounded: a stuck peer gets cut off).
