@@ -11,7 +11,7 @@ use crate::auth::{scopes, token::secret_eq};
 use crate::config::AuthMode;
 use crate::protocol::connect::{negotiate, ConnectParams};
 use crate::protocol::error::{ErrorShape, NOT_PAIRED, UNAVAILABLE};
-use crate::protocol::frames::encode_ok;
+use crate::protocol::frames::encode_ok_raw;
 use crate::protocol::hello::{hello_ok, HelloInputs};
 use crate::runtime::core::{now_ms, Authority, PairJob, PairOutcome};
 
@@ -260,17 +260,16 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     });
     s.authenticated(authority.clone(), presence);
 
-    let methods = super::method_names();
     // Zero-scope sockets (probes) get an empty presence list, as the real gateway does.
-    let presence = if authority.scopes.is_empty() {
-        Value::Array(vec![])
+    let presence = s.core.presence.borrow().clone();
+    let presence_json: &[u8] = if authority.scopes.is_empty() {
+        b"[]"
     } else {
-        Value::Array(s.core.presence.borrow().entries.clone())
+        &presence.json
     };
-    let presence_version = s.core.presence.borrow().version;
-    let (health, config_path, state_dir, default_agent) = s.with_view(|v| {
+    let health_json = s.core.health_payload();
+    let (config_path, state_dir, default_agent) = s.with_view(|v| {
         (
-            crate::methods::system::health_snapshot(v),
             v.config.paths.config_path.display().to_string(),
             v.config.paths.state_dir.display().to_string(),
             v.config.default_agent_id().to_string(),
@@ -286,11 +285,10 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     let hello = hello_ok(&HelloInputs {
         protocol,
         conn_id: &conn_id,
-        methods: &methods,
-        events: super::EVENTS,
-        presence,
-        health,
-        state_version_presence: presence_version,
+        features_json: super::features_json(),
+        presence_json,
+        health_json: &health_json,
+        state_version_presence: presence.version,
         state_version_health: s.core.health_version.get(),
         uptime_ms: shared.uptime_ms(),
         role: &authority.role,
@@ -304,7 +302,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
         auth_mode,
         model_configured: true,
     });
-    s.send(&encode_ok(id, &hello));
+    s.send(&encode_ok_raw(id, &hello));
     Verdict::Authenticated
 }
 

@@ -200,6 +200,12 @@ pub fn method_names() -> Vec<&'static str> {
     TABLE.iter().map(|m| m.name).collect()
 }
 
+/// `hello-ok.features` as JSON, built once per process (the table and events are static).
+pub fn features_json() -> &'static [u8] {
+    static FEATURES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    FEATURES.get_or_init(|| crate::protocol::hello::features_json(&method_names(), EVENTS))
+}
+
 fn lookup(name: &str) -> Option<&'static MethodSpec> {
     TABLE.iter().find(|m| m.name == name)
 }

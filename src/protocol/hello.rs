@@ -8,7 +8,7 @@
 //! fields that schema knows, and omit optional strings rather than sending them empty
 //! (the schema's `NonEmptyString`).
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// The version clawgate reports as `server.version`, presence `version` and status
 /// `runtimeVersion`.
@@ -81,21 +81,24 @@ pub fn challenge_frame(nonce: &str, ts: i64) -> Value {
 }
 
 /// Everything `hello-ok` needs that is not a constant.
+///
+/// The three large parts (feature lists, presence, health) come in already serialized: they
+/// change rarely and are cached per core, so a handshake copies them instead of rebuilding and
+/// re-serializing a few KB of JSON values.
 #[derive(Debug, Clone)]
 pub struct HelloInputs<'a> {
     /// Negotiated protocol (4; 3 only for N-1 node/probe clients).
     pub protocol: u32,
     /// `server.connId`: this socket's id (non-empty).
     pub conn_id: &'a str,
-    /// `features.methods`: exactly the methods clawgate implements.
-    pub methods: &'a [&'a str],
-    /// `features.events`: the events clawgate may emit.
-    pub events: &'a [&'a str],
-    /// `snapshot.presence`: an array of presence entries (the real gateway sends `[]` to a
-    /// socket without `operator.read`, e.g. `gateway probe`).
-    pub presence: Value,
-    /// `snapshot.health`: the current health snapshot (`methods::system::health_snapshot`).
-    pub health: Value,
+    /// `features` as JSON (`{"methods":[…],"events":[…]}`, see [`features_json`]).
+    pub features_json: &'a [u8],
+    /// `snapshot.presence` as a JSON array (the real gateway sends `[]` to a socket without
+    /// `operator.read`, e.g. `gateway probe`); anything but an array becomes `[]`.
+    pub presence_json: &'a [u8],
+    /// `snapshot.health` as a JSON object (`methods::system::health_snapshot`); anything but
+    /// an object becomes `{}`.
+    pub health_json: &'a [u8],
     /// `snapshot.stateVersion.presence`.
     pub state_version_presence: u64,
     /// `snapshot.stateVersion.health`.
@@ -127,36 +130,84 @@ pub struct HelloInputs<'a> {
     pub auth_mode: &'a str,
 }
 
-/// Build the `hello-ok` payload (the `payload` of the `connect` response).
+/// `hello-ok.features`: `{"methods":[…],"events":[…]}` without empty names. Built once per
+/// process by the caller.
+pub fn features_json(methods: &[&str], events: &[&str]) -> Vec<u8> {
+    let methods: Vec<&str> = methods.iter().copied().filter(|m| !m.is_empty()).collect();
+    let events: Vec<&str> = events.iter().copied().filter(|e| !e.is_empty()).collect();
+    serde_json::to_vec(&json!({"methods": methods, "events": events})).unwrap_or_default()
+}
+
+/// True when `json` (trusted, our own serialization) starts with `open` (`[` or `{`).
+fn is_json_kind(json: &[u8], open: u8) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&open)
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Escaping into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn push_key(out: &mut Vec<u8>, key: &str) {
+    out.push(b',');
+    push_str(out, key);
+    out.push(b':');
+}
+
+/// Build the `hello-ok` payload (the `payload` of the `connect` response) as JSON bytes.
 ///
 /// Produces every field the client schema requires plus the optional ones clawgate can fill:
 /// `server{version, buildId, connId}`, `features{methods, events}`,
 /// `snapshot{presence, health, stateVersion, uptimeMs, configPath?, stateDir?, sessionDefaults,
 /// authMode?}`, `auth{method?, role, scopes, deviceToken?, issuedAtMs?}`, `policy{…}`.
-pub fn hello_ok(i: &HelloInputs) -> Value {
-    let mut snapshot = Map::new();
-    let presence = if i.presence.is_array() {
-        i.presence.clone()
-    } else {
-        Value::Array(Vec::new())
-    };
-    snapshot.insert("presence".into(), presence);
-    let health = if i.health.is_object() {
-        i.health.clone()
-    } else {
-        Value::Object(Map::new())
-    };
-    snapshot.insert("health".into(), health);
-    snapshot.insert(
-        "stateVersion".into(),
-        json!({"presence": i.state_version_presence, "health": i.state_version_health}),
+/// Written directly (no intermediate `Value`): it runs once per handshake.
+pub fn hello_ok(i: &HelloInputs) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        768 + i.features_json.len() + i.presence_json.len() + i.health_json.len(),
     );
-    snapshot.insert("uptimeMs".into(), json!(i.uptime_ms.max(0)));
+    out.extend_from_slice(br#"{"type":"hello-ok","protocol":"#);
+    out.extend_from_slice(i.protocol.to_string().as_bytes());
+    out.extend_from_slice(br#","server":{"version":"#);
+    push_str(&mut out, SERVER_VERSION);
+    push_key(&mut out, "buildId");
+    push_str(&mut out, BUILD_ID);
+    push_key(&mut out, "connId");
+    push_str(&mut out, i.conn_id);
+    out.extend_from_slice(br#"},"features":"#);
+    if is_json_kind(i.features_json, b'{') {
+        out.extend_from_slice(i.features_json);
+    } else {
+        out.extend_from_slice(br#"{"methods":[],"events":[]}"#);
+    }
+
+    out.extend_from_slice(br#","snapshot":{"presence":"#);
+    if is_json_kind(i.presence_json, b'[') {
+        out.extend_from_slice(i.presence_json);
+    } else {
+        out.extend_from_slice(b"[]");
+    }
+    push_key(&mut out, "health");
+    if is_json_kind(i.health_json, b'{') {
+        out.extend_from_slice(i.health_json);
+    } else {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(
+        format!(
+            r#","stateVersion":{{"presence":{},"health":{}}},"uptimeMs":{}"#,
+            i.state_version_presence,
+            i.state_version_health,
+            i.uptime_ms.max(0)
+        )
+        .as_bytes(),
+    );
     if !i.config_path.is_empty() {
-        snapshot.insert("configPath".into(), json!(i.config_path));
+        push_key(&mut out, "configPath");
+        push_str(&mut out, i.config_path);
     }
     if !i.state_dir.is_empty() {
-        snapshot.insert("stateDir".into(), json!(i.state_dir));
+        push_key(&mut out, "stateDir");
+        push_str(&mut out, i.state_dir);
     }
     let default_agent = non_empty_or(i.default_agent_id, "main");
     let main_session_key = if i.main_session_key.is_empty() {
@@ -164,70 +215,55 @@ pub fn hello_ok(i: &HelloInputs) -> Value {
     } else {
         i.main_session_key.to_string()
     };
-    snapshot.insert(
-        "sessionDefaults".into(),
-        json!({
-            "defaultAgentId": default_agent,
-            "modelConfigured": i.model_configured,
-            // clawgate always resolves a default agent, so the roster is never ambiguous.
-            "ownership": "sole",
-            "selectionRequired": false,
-            "mainKey": MAIN_KEY,
-            "mainSessionKey": main_session_key,
-            "scope": "per-sender",
-        }),
-    );
+    out.extend_from_slice(br#","sessionDefaults":{"defaultAgentId":"#);
+    push_str(&mut out, default_agent);
+    out.extend_from_slice(if i.model_configured {
+        br#","modelConfigured":true"#.as_slice()
+    } else {
+        br#","modelConfigured":false"#.as_slice()
+    });
+    // clawgate always resolves a default agent, so the roster is never ambiguous.
+    out.extend_from_slice(br#","ownership":"sole","selectionRequired":false,"mainKey":"#);
+    push_str(&mut out, MAIN_KEY);
+    push_key(&mut out, "mainSessionKey");
+    push_str(&mut out, &main_session_key);
+    out.extend_from_slice(br#","scope":"per-sender"}"#);
     if AUTH_MODES.contains(&i.auth_mode) {
-        snapshot.insert("authMode".into(), json!(i.auth_mode));
+        push_key(&mut out, "authMode");
+        push_str(&mut out, i.auth_mode);
     }
 
-    let mut auth = Map::new();
+    out.extend_from_slice(br#"},"auth":{"role":"#);
+    push_str(&mut out, non_empty_or(i.role, "operator"));
     if AUTH_METHODS.contains(&i.auth_method) {
-        auth.insert("method".into(), json!(i.auth_method));
+        push_key(&mut out, "method");
+        push_str(&mut out, i.auth_method);
     }
-    auth.insert("role".into(), json!(non_empty_or(i.role, "operator")));
-    let scopes: Vec<&str> = i
-        .scopes
-        .iter()
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-        .collect();
-    auth.insert("scopes".into(), json!(scopes));
+    out.extend_from_slice(br#","scopes":["#);
+    let mut first = true;
+    for s in i.scopes.iter().filter(|s| !s.is_empty()) {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        push_str(&mut out, s);
+    }
+    out.push(b']');
     if let Some((token, issued_at_ms)) = i.device_token {
         if !token.is_empty() {
-            auth.insert("deviceToken".into(), json!(token));
-            auth.insert("issuedAtMs".into(), json!(issued_at_ms.max(0)));
+            push_key(&mut out, "deviceToken");
+            push_str(&mut out, token);
+            push_key(&mut out, "issuedAtMs");
+            out.extend_from_slice(issued_at_ms.max(0).to_string().as_bytes());
         }
     }
-
-    let methods: Vec<&str> = i
-        .methods
-        .iter()
-        .copied()
-        .filter(|m| !m.is_empty())
-        .collect();
-    let events: Vec<&str> = i.events.iter().copied().filter(|e| !e.is_empty()).collect();
-
-    json!({
-        "type": "hello-ok",
-        "protocol": i.protocol,
-        "server": {
-            "version": SERVER_VERSION,
-            "buildId": BUILD_ID,
-            "connId": i.conn_id,
-        },
-        "features": {
-            "methods": methods,
-            "events": events,
-        },
-        "snapshot": Value::Object(snapshot),
-        "auth": Value::Object(auth),
-        "policy": {
-            "maxPayload": MAX_PAYLOAD_BYTES,
-            "maxBufferedBytes": MAX_BUFFERED_BYTES,
-            "tickIntervalMs": TICK_INTERVAL_MS,
-        },
-    })
+    out.extend_from_slice(
+        format!(
+            r#"}},"policy":{{"maxPayload":{MAX_PAYLOAD_BYTES},"maxBufferedBytes":{MAX_BUFFERED_BYTES},"tickIntervalMs":{TICK_INTERVAL_MS}}}}}"#
+        )
+        .as_bytes(),
+    );
+    out
 }
 
 fn non_empty_or<'a>(s: &'a str, fallback: &'a str) -> &'a str {
@@ -403,14 +439,20 @@ mod tests {
     const CORE_CAPTURE: &str = include_str!("../../tests/vectors/own-client-core-methods.jsonl");
     const PROBE_CAPTURE: &str = include_str!("../../tests/vectors/cli-gateway-probe.jsonl");
 
-    fn sample_inputs<'a>(scopes: &'a [String], health: Value, presence: Value) -> HelloInputs<'a> {
+    fn leak(v: Vec<u8>) -> &'static [u8] {
+        Box::leak(v.into_boxed_slice())
+    }
+
+    fn sample_inputs(scopes: &[String], health: Value, presence: Value) -> HelloInputs<'_> {
         HelloInputs {
             protocol: 4,
             conn_id: "c0nn-1",
-            methods: &["health", "status", "system-presence"],
-            events: &["tick", "health", "presence"],
-            presence,
-            health,
+            features_json: leak(features_json(
+                &["health", "", "status", "system-presence"],
+                &["tick", "health", "presence"],
+            )),
+            presence_json: leak(serde_json::to_vec(&presence).unwrap()),
+            health_json: leak(serde_json::to_vec(&health).unwrap()),
             state_version_presence: 1,
             state_version_health: 2,
             uptime_ms: 35_830,
@@ -425,6 +467,14 @@ mod tests {
             model_configured: true,
             auth_mode: "token",
         }
+    }
+
+    /// Build, check the bytes are one JSON object, and parse.
+    fn parse_hello(i: &HelloInputs) -> Value {
+        let bytes = hello_ok(i);
+        let v: Value = serde_json::from_slice(&bytes).expect("hello-ok is valid JSON");
+        assert!(v.is_object());
+        v
     }
 
     /// Paths of the real hello-ok that clawgate deliberately does not send.
@@ -463,7 +513,7 @@ mod tests {
         let real = hello_of(HEALTH_CAPTURE);
         let scopes = vec!["operator.read".to_string()];
         let presence = real["snapshot"]["presence"].clone();
-        let ours = hello_ok(&sample_inputs(&scopes, json!({"ok": true}), presence));
+        let ours = parse_hello(&sample_inputs(&scopes, json!({"ok": true}), presence));
         let diff = shape_diff(&real, &ours, HELLO_IGNORE);
         assert!(
             diff.is_empty(),
@@ -476,7 +526,7 @@ mod tests {
         // This capture carries deviceToken/issuedAtMs and configPath/stateDir/authMode.
         let real = hello_of(CORE_CAPTURE);
         let scopes = vec!["operator.admin".to_string()];
-        let ours = hello_ok(&sample_inputs(&scopes, json!({}), json!([])));
+        let ours = parse_hello(&sample_inputs(&scopes, json!({}), json!([])));
         let diff = shape_diff(&real, &ours, HELLO_IGNORE);
         assert!(diff.is_empty(), "hello-ok shape differs: {diff:#?}");
     }
@@ -486,7 +536,7 @@ mod tests {
         // Closed client schema: every path we send must exist in a real hello-ok.
         let real = hello_of(CORE_CAPTURE);
         let scopes = vec!["operator.read".to_string()];
-        let ours = hello_ok(&sample_inputs(&scopes, json!({}), json!([])));
+        let ours = parse_hello(&sample_inputs(&scopes, json!({}), json!([])));
         let extra = shape_diff(&ours, &real, &["features.methods[]", "features.events[]"]);
         assert!(
             extra.is_empty(),
@@ -497,8 +547,12 @@ mod tests {
     #[test]
     fn hello_ok_fixed_values() {
         let scopes: Vec<String> = Vec::new();
-        let ours = hello_ok(&sample_inputs(&scopes, json!({}), json!([])));
+        let ours = parse_hello(&sample_inputs(&scopes, json!({}), json!([])));
         assert_eq!(ours["type"], "hello-ok");
+        assert_eq!(
+            ours["features"],
+            json!({"methods": ["health", "status", "system-presence"], "events": ["tick", "health", "presence"]})
+        );
         assert_eq!(ours["protocol"], 4);
         assert_eq!(ours["server"]["version"], "2026.9.6");
         assert_eq!(ours["server"]["connId"], "c0nn-1");
@@ -541,7 +595,7 @@ mod tests {
         inputs.uptime_ms = -5;
         inputs.main_session_key = "";
         inputs.default_agent_id = "";
-        let ours = hello_ok(&inputs);
+        let ours = parse_hello(&inputs);
         let snap = &ours["snapshot"];
         assert!(ours["auth"].get("method").is_none());
         assert!(ours["auth"].get("deviceToken").is_none());

@@ -134,6 +134,8 @@ pub struct PresenceSnap {
     pub entries: Vec<Value>,
     /// `stateVersion.presence`.
     pub version: u64,
+    /// `entries` serialized once (a JSON array), for `hello-ok` snapshots.
+    pub json: Vec<u8>,
 }
 
 /// Outcome of a pairing/token request handled by core 0.
@@ -636,7 +638,12 @@ impl Core {
     fn build_presence(&self, version: u64) -> PresenceSnap {
         let mut entries = vec![crate::methods::gateway_presence(self)];
         entries.extend(self.presence_master.borrow().values().cloned());
-        PresenceSnap { entries, version }
+        let json = serde_json::to_vec(&entries).unwrap_or_else(|_| b"[]".to_vec());
+        PresenceSnap {
+            entries,
+            version,
+            json,
+        }
     }
 
     fn publish_presence(&self) {

@@ -120,13 +120,9 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                     .await;
                 return;
             }
-            let (res, _) = stream.write_all(http::switching_protocols(&key)).await;
-            if res.is_err() {
-                if !echo {
-                    core.preauth_release(peer.ip());
-                }
-                return;
-            }
+            // Not written here: the 101 head is queued in front of `connect.challenge` so both
+            // leave in one write (one loopback send fewer per handshake).
+            let upgrade = http::switching_protocols(&key);
             // `direct_local` (§4.1): loopback peer, no forwarding (a trusted proxy such as
             // `tailscale serve` makes it remote), and no browser origin other than loopback.
             let loopback_origin = head.origin.as_deref().is_none_or(|o| {
@@ -139,7 +135,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             drop(head);
             // A task of its own: the HTTP phase's state is freed instead of riding along for
             // the WebSocket's lifetime (idle-connection memory).
-            let wsf = ws_session(core, stream, peer, buf, echo, local, first_deadline);
+            let wsf = ws_session(core, stream, peer, buf, upgrade, echo, local, first_deadline);
             monoio::spawn(wsf);
             return;
         }
@@ -238,7 +234,9 @@ async fn writer_task(mut wr: OwnedWriteHalf<TcpStream>, ob: Rc<Outbox>) {
         }
         ob.write_done();
         if last {
-            let _ = wr.shutdown().await;
+            if ob.shutdown_after_close() {
+                let _ = wr.shutdown().await;
+            }
             return;
         }
         b.clear();
@@ -257,11 +255,14 @@ async fn ws_session(
     stream: TcpStream,
     peer: SocketAddr,
     mut buf: Vec<u8>,
+    upgrade: Vec<u8>,
     echo: bool,
     local: bool,
     deadline: Instant,
 ) {
     let outbox = Rc::new(Outbox::new(core.shared.opts.budget));
+    outbox.push_raw(&upgrade);
+    drop(upgrade);
     let (mut rd, wr) = stream.into_split();
     let writer = monoio::spawn(writer_task(wr, outbox.clone()));
     let (conn_id, last_seen, _ping) = core.add_conn(outbox.clone());
@@ -285,7 +286,7 @@ async fn ws_session(
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) => {
-                    outbox.close(e.close_code(), &e.to_string());
+                    outbox.close_final(e.close_code(), &e.to_string());
                     break 'conn;
                 }
             };
@@ -324,7 +325,7 @@ async fn ws_session(
                         Some(c) if c != 1005 => c,
                         _ => 1000,
                     };
-                    outbox.close(reply, "");
+                    outbox.close_final(reply, "");
                     break 'conn;
                 }
             }
