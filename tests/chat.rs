@@ -178,6 +178,45 @@ fn one_session_runs_in_order_two_sessions_run_in_parallel_on_different_cores() {
 }
 
 #[test]
+fn max_concurrent_is_one_gateway_wide_cap_across_cores() {
+    // maxConcurrent 1 with 2 workers: sessions owned by different cores still run one at a
+    // time (the cap is global, not split per core), and the queued run is not dropped.
+    let g = Gateway::start_with(Opts {
+        config: Some(r#"{ agents: { defaults: { maxConcurrent: 1 } } }"#),
+        ..Opts::default()
+    });
+    let mut c = g.connect(RW);
+    let k0 = key_on_shard(0, None);
+    let k1 = key_on_shard(1, None);
+    c.call(
+        "chat.send",
+        json!({"sessionKey": k0, "message": "/slow a b c d", "idempotencyKey": "q0"}),
+    )
+    .unwrap();
+    c.call(
+        "chat.send",
+        json!({"sessionKey": k1, "message": "/slow e f g h", "idempotencyKey": "q1"}),
+    )
+    .unwrap();
+    let order = chat_states_until_finals(&mut c, 2);
+    let pos = |run: &str, final_only: bool| {
+        order
+            .iter()
+            .position(|(r, s)| r == run && (!final_only || s == "final"))
+            .unwrap()
+    };
+    let (first, second) = if pos("q0", false) < pos("q1", false) {
+        ("q0", "q1")
+    } else {
+        ("q1", "q0")
+    };
+    assert!(
+        pos(first, true) < pos(second, false),
+        "runs overlapped under maxConcurrent 1: {order:?}"
+    );
+}
+
+#[test]
 fn abort_from_another_client_stops_the_run() {
     let g = Gateway::start("uring");
     let mut a = g.connect(RW);

@@ -6,7 +6,7 @@
 //! Must not touch: another core's memory (only [`MeshMsg`]s cross threads).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -192,6 +192,11 @@ pub enum MeshMsg {
         Box<crate::state::sessions::SessionOp>,
         Arc<ReplySlot<crate::state::sessions::OpReply>>,
     ),
+    /// To core 0: ask for one of the `agents.defaults.maxConcurrent` run slots; answered
+    /// when one is free (FIFO).
+    RunSlotAcquire(Arc<ReplySlot<()>>),
+    /// To core 0: a run holding a slot ended.
+    RunSlotRelease,
     /// Stop accepting and close every connection with 1001.
     Shutdown,
 }
@@ -242,6 +247,20 @@ pub struct Core {
     /// Serialized health snapshot and when it was built (uptime ms); rebuilt at most once per
     /// [`HEALTH_CACHE_MS`] so `health` RPCs cost a copy, not a JSON build.
     health_json: RefCell<Option<(i64, Rc<Vec<u8>>)>>,
+    /// Core 0 only: runs holding a global slot, and the requests waiting for one (FIFO).
+    run_slots_used: Cell<usize>,
+    run_slot_waiters: RefCell<VecDeque<Arc<ReplySlot<()>>>>,
+}
+
+/// A held global run slot; dropping it gives the slot back (by message unless on core 0).
+pub struct RunSlot {
+    core: Rc<Core>,
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        self.core.release_run_slot();
+    }
 }
 
 /// How long a serialized health snapshot is reused.
@@ -268,6 +287,8 @@ impl Core {
             relay_drops: Cell::new(0),
             sessions,
             health_json: RefCell::new(None),
+            run_slots_used: Cell::new(0),
+            run_slot_waiters: RefCell::new(VecDeque::new()),
         };
         let snap = core.build_presence(1);
         *core.presence.borrow_mut() = Arc::new(snap);
@@ -445,6 +466,8 @@ impl Core {
                 }
             }
             MeshMsg::PresenceSnapshot(s) => *self.presence.borrow_mut() = s,
+            MeshMsg::RunSlotAcquire(reply) => self.run_slot_request(reply),
+            MeshMsg::RunSlotRelease => self.run_slot_returned(),
             // Needs an `Rc<Core>` to spawn: handled by the worker loop (`on_mesh_rc`).
             MeshMsg::SessionOp(_, reply) => reply.send(crate::state::sessions::OpReply::NotHere),
             MeshMsg::Shutdown => {}
@@ -614,6 +637,64 @@ impl Core {
             self.on_mesh(msg);
         } else {
             let _ = self.shared.mesh.send(self.id, 0, msg);
+        }
+    }
+
+    /// Wait for one of the gateway-wide `agents.defaults.maxConcurrent` run slots. Core 0
+    /// counts them (one hop each way from other cores); waiters are served in arrival order.
+    pub async fn acquire_run_slot(self: &Rc<Self>) -> RunSlot {
+        let reply = ReplySlot::new();
+        if self.id == 0 {
+            self.run_slot_request(reply.clone());
+        } else {
+            // A full mesh queue is back-pressure, not a reason to skip the cap: retry.
+            let mut msg = MeshMsg::RunSlotAcquire(reply.clone());
+            while let Err(back) = self.shared.mesh.send(self.id, 0, msg) {
+                msg = back;
+                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        reply.wait().await;
+        RunSlot { core: self.clone() }
+    }
+
+    fn release_run_slot(self: &Rc<Self>) {
+        if self.id == 0 {
+            self.run_slot_returned();
+            return;
+        }
+        if let Err(msg) = self.shared.mesh.send(self.id, 0, MeshMsg::RunSlotRelease) {
+            // Never lose a release (the slot would leak): retry from a task.
+            let core = self.clone();
+            monoio::spawn(async move {
+                let mut msg = msg;
+                while let Err(back) = core.shared.mesh.send(core.id, 0, msg) {
+                    msg = back;
+                    monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            });
+        }
+    }
+
+    /// Core 0: grant a slot now or queue the request.
+    fn run_slot_request(&self, reply: Arc<ReplySlot<()>>) {
+        let cap = self.shared.config.max_concurrent.max(1);
+        if self.run_slots_used.get() < cap {
+            self.run_slots_used.set(self.run_slots_used.get() + 1);
+            reply.send(());
+        } else {
+            self.run_slot_waiters.borrow_mut().push_back(reply);
+        }
+    }
+
+    /// Core 0: a slot came back; hand it to the oldest waiter or free it.
+    fn run_slot_returned(&self) {
+        let next = self.run_slot_waiters.borrow_mut().pop_front();
+        match next {
+            Some(reply) => reply.send(()),
+            None => self
+                .run_slots_used
+                .set(self.run_slots_used.get().saturating_sub(1)),
         }
     }
 

@@ -180,13 +180,9 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
             return;
         }
     };
-    let cap = shared
-        .config
-        .max_concurrent
-        .div_ceil(shared.opts.workers.max(1));
     let policy = crate::state::policy::SessionPolicy::from_config(&shared.config.parsed);
     let sessions =
-        crate::state::sessions::SessionOwner::new(shard, cap, policy, shared.opts.workers);
+        crate::state::sessions::SessionOwner::new(shard, policy, shared.opts.workers);
     let core = Rc::new(Core::new(id, shared.clone(), devices, sessions));
     let stop = Rc::new(std::cell::Cell::new(false));
 

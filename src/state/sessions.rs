@@ -5,9 +5,9 @@
 //! [`SessionOp`]s — directly when the request arrived on the owner core, by one mesh hop
 //! otherwise. Must not touch: sockets (events go out through `Core::publish`).
 //!
-//! Concurrency cap: `agents.defaults.maxConcurrent` is split evenly across cores
-//! (ceil(max / workers) runs per core) so no core coordinates with another; queued runs wait
-//! in their lane and are reported as queued, never dropped.
+//! Concurrency cap: `agents.defaults.maxConcurrent` is one gateway-wide count kept by core 0
+//! ([`Core::acquire_run_slot`]: one mesh hop when a run starts and one when it ends); queued
+//! runs wait in their lane, FIFO, and are reported as queued, never dropped.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -175,9 +175,6 @@ pub struct SessionOwner {
     run_order: RefCell<VecDeque<(i64, String)>>,
     dedupe: RefCell<HashMap<String, (i64, Value)>>,
     dedupe_order: RefCell<VecDeque<(i64, String)>>,
-    running: Cell<usize>,
-    cap: usize,
-    slot_waiters: RefCell<VecDeque<std::task::Waker>>,
     policy: crate::state::policy::SessionPolicy,
     workers: usize,
 }
@@ -186,7 +183,6 @@ impl SessionOwner {
     /// Wrap this core's shard.
     pub fn new(
         shard: SessionShard,
-        cap: usize,
         policy: crate::state::policy::SessionPolicy,
         workers: usize,
     ) -> Self {
@@ -197,9 +193,6 @@ impl SessionOwner {
             run_order: RefCell::new(VecDeque::new()),
             dedupe: RefCell::new(HashMap::new()),
             dedupe_order: RefCell::new(VecDeque::new()),
-            running: Cell::new(0),
-            cap: cap.max(1),
-            slot_waiters: RefCell::new(VecDeque::new()),
             policy,
             workers: workers.max(1),
         }
@@ -535,33 +528,6 @@ fn abort(core: &Core, key: &str, run_id: Option<&str>) -> Value {
     json!({"ok": true, "aborted": !ids.is_empty(), "runIds": ids})
 }
 
-struct SlotGuard<'a>(&'a SessionOwner);
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        self.0.running.set(self.0.running.get().saturating_sub(1));
-        if let Some(w) = self.0.slot_waiters.borrow_mut().pop_front() {
-            w.wake();
-        }
-    }
-}
-
-async fn acquire_slot(owner: &SessionOwner) -> SlotGuard<'_> {
-    std::future::poll_fn(|cx| {
-        if owner.running.get() < owner.cap {
-            owner.running.set(owner.running.get() + 1);
-            std::task::Poll::Ready(())
-        } else {
-            owner
-                .slot_waiters
-                .borrow_mut()
-                .push_back(cx.waker().clone());
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    SlotGuard(owner)
-}
-
 /// Run the session's queued runs one after another.
 async fn drive_lane(core: Rc<Core>, key: String) {
     loop {
@@ -586,7 +552,7 @@ async fn drive_lane(core: Rc<Core>, key: String) {
                 );
                 run.finish(RunStatus::Aborted);
             } else {
-                let _slot = acquire_slot(&core.sessions).await;
+                let _slot = core.acquire_run_slot().await;
                 execute(&core, &run_id, &run).await;
             }
         }
