@@ -6,15 +6,21 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use clawgate::transport::ws::codec::{encode_frame_masked, OpCode};
+use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+
+use monoio::io::{CancelHandle, Canceller};
 use monoio::task::JoinHandle;
 use serde_json::{json, Value};
 
 use crate::frames;
 use crate::ipc::{self, phase, wait_phase};
 use crate::stats::{now_us, self_rss_kb, share, Errors, Hist, Rng};
-use crate::ws::{self, Conn, ConnSpec, Hello, LoadError, Target};
+use crate::ws::{self, Conn, ConnSpec, Drained, Hello, LoadError, Reader, Target};
 
 /// Phases shared by the fan-out scenarios (parent → child).
 pub mod ph {
@@ -258,25 +264,26 @@ pub async fn storm(ctx: Rc<Ctx>, o: StormOpts) {
     let started = Instant::now();
     let mut hs = Vec::new();
     let o = Rc::new(o);
+    let reused =
+        (o.device && o.reuse_identity).then(|| ws::DeviceIdentity::from_seed(&reused_seed()));
     for w in 0..conc {
         let (st, ctx, o) = (st.clone(), ctx.clone(), o.clone());
+        let reused = reused.clone();
         hs.push(monoio::spawn(async move {
             let mut rng = Rng::new((ctx.index as u64) << 32 | w as u64);
+            // One spec per worker; the reused identity is derived once per child.
+            let mut auth = ctx.token_auth(&["operator.read"]);
+            auth.device = reused;
             loop {
                 let k = st.next.get();
                 if k >= n {
                     break;
                 }
                 st.next.set(k + 1);
-                let mut auth = ctx.token_auth(&["operator.read"]);
-                if o.device {
-                    auth.device = Some(if o.reuse_identity {
-                        reused_seed()
-                    } else {
-                        let mut s = [0u8; 32];
-                        let _ = getrandom::getrandom(&mut s);
-                        s
-                    });
+                if o.device && !o.reuse_identity {
+                    let mut s = [0u8; 32];
+                    let _ = getrandom::getrandom(&mut s);
+                    auth.device = Some(ws::DeviceIdentity::from_seed(&s));
                 }
                 match ws::connect(&ctx.target, ctx.src(k), &auth, ctx.timeout, &mut rng).await {
                     Ok((c, _, took)) => {
@@ -379,10 +386,21 @@ pub struct RpcOpts {
     pub pipeline: usize,
     /// Method name.
     pub method: String,
+    /// Open loop: total requests/s over all children (None = closed loop).
+    pub rate: Option<f64>,
+    /// Open loop: most requests outstanding per connection (more are skipped and counted).
+    pub max_inflight: usize,
+    /// Open loop: schedule granularity.
+    pub tick: Duration,
+    /// Open loop: consecutive requests given to the same connection before moving on.
+    pub batch: usize,
 }
 
 /// rpc child: phase 1 = go.
 pub async fn rpc(ctx: Rc<Ctx>, o: RpcOpts) {
+    if o.rate.is_some() {
+        return rpc_open(ctx, o).await;
+    }
     let n = share(o.conns, ctx.procs, ctx.index);
     #[derive(Default)]
     struct St {
@@ -441,15 +459,7 @@ pub async fn rpc(ctx: Rc<Ctx>, o: RpcOpts) {
                 let wait = if now < deadline { deadline + Duration::from_secs(10) - now } else { drain_until - now };
                 let r = c
                     .pump_for(wait, &mut |t| {
-                        let Some(f) = frames::parse(t) else {
-                            st.bad_frames.set(st.bad_frames.get() + 1);
-                            return;
-                        };
-                        if f.ty != "res" {
-                            st.events.set(st.events.get() + 1);
-                            return;
-                        }
-                        let Some(id) = f.id.as_deref().and_then(|s| s.parse::<u64>().ok()) else { return };
+                        let Some((id, ok)) = classify_res(t, &st.bad_frames, &st.events) else { return };
                         let Some(pos) = inflight.iter().position(|(i, _)| *i == id) else { return };
                         let (_, sent) = inflight.swap_remove(pos);
                         let at = Instant::now();
@@ -457,10 +467,10 @@ pub async fn rpc(ctx: Rc<Ctx>, o: RpcOpts) {
                         if at <= deadline {
                             st.in_window.set(st.in_window.get() + 1);
                         }
-                        if f.ok == Some(true) {
+                        if ok {
                             st.ok.set(st.ok.get() + 1);
                         } else {
-                            st.rpc_errors.borrow_mut().add(f.error_kind());
+                            st.rpc_errors.borrow_mut().add(error_kind_of(t));
                         }
                     })
                     .await;
@@ -493,6 +503,459 @@ pub async fn rpc(ctx: Rc<Ctx>, o: RpcOpts) {
         "in_window": st.in_window.get(), "rpc_errors": st.rpc_errors.borrow().to_json(), "lost": st.lost.borrow().to_json(),
         "bad_frames": st.bad_frames.get(), "events": st.events.get(), "hist": st.hist.borrow().to_json(),
         "duration_s": o.duration.as_secs_f64(), "t_start_us": t_start, "t_end_us": t_end, "loadgen_rss_kb": self_rss_kb(), "loadgen_cpu_s": crate::stats::self_cpu_secs(),
+    }));
+}
+
+/// A response's numeric id and ok flag: the byte-scan fast path, else serde. Frames that
+/// are not JSON count in `bad`, non-responses in `events`; `None` = nothing to match.
+fn classify_res(t: &[u8], bad: &Cell<u64>, events: &Cell<u64>) -> Option<(u64, bool)> {
+    if let Some(r) = frames::fast_res(t) {
+        return Some(r);
+    }
+    let Some(f) = frames::parse(t) else {
+        bad.set(bad.get() + 1);
+        return None;
+    };
+    if f.ty != "res" {
+        events.set(events.get() + 1);
+        return None;
+    }
+    let id = f.id.as_deref().and_then(|s| s.parse::<u64>().ok())?;
+    Some((id, f.ok == Some(true)))
+}
+
+/// Error kind of a failed response (rare: full parse).
+fn error_kind_of(t: &[u8]) -> String {
+    frames::parse(t)
+        .map(|f| f.error_kind())
+        .unwrap_or_else(|| "rpc_error".into())
+}
+
+/// Append the decimal digits of `v`.
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut d = [0u8; 20];
+    let mut i = d.len();
+    loop {
+        i -= 1;
+        d[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&d[i..]);
+}
+
+/// Yield to the other tasks once.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// One open-loop connection, shared by the ticker (queues requests), its writer task
+/// (writes whatever is queued in one write) and its reader (matches responses).
+struct OlConn {
+    out: RefCell<Vec<u8>>,
+    writer: RefCell<Option<Waker>>,
+    closing: Cell<bool>,
+    dead: Cell<bool>,
+    /// `(id, scheduled_us)` at `id % max_inflight`; id 0 = free.
+    slots: RefCell<Vec<(u64, u64)>>,
+    next_id: Cell<u64>,
+    rng: RefCell<Rng>,
+}
+
+impl OlConn {
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Open-loop child state.
+struct OlSt {
+    /// Origin of the child's monotonic µs clock.
+    base: Instant,
+    /// End of the sending window (monotonic µs; `u64::MAX` before the start).
+    deadline_us: Cell<u64>,
+    conns: RefCell<Vec<Rc<OlConn>>>,
+    hist: RefCell<Hist>,
+    tick_lag: RefCell<Hist>,
+    scheduled: Cell<u64>,
+    sent: Cell<u64>,
+    skipped_cap: Cell<u64>,
+    skipped_dead: Cell<u64>,
+    outstanding: Cell<u64>,
+    ok: Cell<u64>,
+    in_window: Cell<u64>,
+    unmatched: Cell<u64>,
+    rpc_errors: RefCell<Errors>,
+    lost: RefCell<Errors>,
+    bad_frames: Cell<u64>,
+    events: Cell<u64>,
+    writes: Cell<u64>,
+}
+
+impl OlSt {
+    fn mono_us(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_micros() as u64
+    }
+
+    fn on_text(&self, oc: &OlConn, t: &[u8]) {
+        let Some((id, ok)) = classify_res(t, &self.bad_frames, &self.events) else {
+            return;
+        };
+        let mut slots = oc.slots.borrow_mut();
+        let cap = slots.len() as u64;
+        let Some(slot) = slots.get_mut((id % cap.max(1)) as usize) else {
+            return;
+        };
+        if slot.0 != id || id == 0 {
+            self.unmatched.set(self.unmatched.get() + 1);
+            return;
+        }
+        let due = slot.1;
+        *slot = (0, 0);
+        drop(slots);
+        self.outstanding
+            .set(self.outstanding.get().saturating_sub(1));
+        let now = self.mono_us(Instant::now());
+        self.hist.borrow_mut().record(now.saturating_sub(due));
+        if now <= self.deadline_us.get() {
+            self.in_window.set(self.in_window.get() + 1);
+        }
+        if ok {
+            self.ok.set(self.ok.get() + 1);
+        } else {
+            self.rpc_errors.borrow_mut().add(error_kind_of(t));
+        }
+    }
+
+    /// Queue one request scheduled at `due_us` on `oc` (skipped if the connection is dead
+    /// or `max_inflight` requests are outstanding on it).
+    fn dispatch(&self, oc: &OlConn, due_us: u64, head: &[u8], tail: &[u8], req: &mut Vec<u8>) {
+        self.scheduled.set(self.scheduled.get() + 1);
+        if oc.dead.get() || oc.closing.get() {
+            self.skipped_dead.set(self.skipped_dead.get() + 1);
+            return;
+        }
+        let id = oc.next_id.get();
+        {
+            let mut slots = oc.slots.borrow_mut();
+            let cap = slots.len() as u64;
+            let Some(slot) = slots.get_mut((id % cap.max(1)) as usize) else {
+                return;
+            };
+            if slot.0 != 0 {
+                self.skipped_cap.set(self.skipped_cap.get() + 1);
+                return;
+            }
+            *slot = (id, due_us);
+        }
+        oc.next_id.set(id + 1);
+        self.outstanding.set(self.outstanding.get() + 1);
+        self.sent.set(self.sent.get() + 1);
+        req.clear();
+        req.extend_from_slice(head);
+        push_u64(req, id);
+        req.extend_from_slice(tail);
+        let mask = oc.rng.borrow_mut().mask();
+        encode_frame_masked(&mut oc.out.borrow_mut(), OpCode::Text, req, mask);
+        oc.wake_writer();
+    }
+}
+
+/// Writer of one open-loop connection: everything queued since the last write goes out in
+/// one write (requests due in the same tick, pongs); on `closing` a close(1000) follows.
+async fn ol_writer(mut w: OwnedWriteHalf<TcpStream>, oc: Rc<OlConn>, st: Rc<OlSt>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        std::future::poll_fn(|cx| {
+            if oc.dead.get() || oc.closing.get() || !oc.out.borrow().is_empty() {
+                Poll::Ready(())
+            } else {
+                *oc.writer.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        if oc.dead.get() {
+            return;
+        }
+        std::mem::swap(&mut *oc.out.borrow_mut(), &mut buf);
+        let last = buf.is_empty() && oc.closing.get();
+        if last {
+            let mask = oc.rng.borrow_mut().mask();
+            encode_frame_masked(&mut buf, OpCode::Close, &1000u16.to_be_bytes(), mask);
+        }
+        if let Err(e) = ws::write_all_to(&mut w, &mut buf).await {
+            st.lost.borrow_mut().add(e.kind());
+            oc.dead.set(true);
+            return;
+        }
+        st.writes.set(st.writes.get() + 1);
+        if last {
+            return;
+        }
+    }
+}
+
+/// Reader of one open-loop connection (no timer: it ends when the gateway answers our
+/// close, or the connection fails).
+async fn ol_reader(
+    mut r: OwnedReadHalf<TcpStream>,
+    mut rd: Reader,
+    oc: &OlConn,
+    st: &OlSt,
+    mut rng: Rng,
+) {
+    let mut pongs = Vec::new();
+    loop {
+        if let Err(e) = rd.fill(&mut r).await {
+            if !oc.closing.get() {
+                st.lost.borrow_mut().add(e.kind());
+            }
+            return;
+        }
+        let d = rd.drain(&mut rng, &mut pongs, &mut |t| st.on_text(oc, t));
+        if !pongs.is_empty() {
+            oc.out.borrow_mut().extend_from_slice(&pongs);
+            pongs.clear();
+            oc.wake_writer();
+        }
+        match d {
+            Ok(Drained::More) => {}
+            Ok(Drained::Closed(code)) => {
+                if !oc.closing.get() {
+                    st.lost.borrow_mut().add(format!("closed_{code}"));
+                }
+                return;
+            }
+            Err(e) => {
+                st.lost.borrow_mut().add(e.kind());
+                return;
+            }
+        }
+    }
+}
+
+/// Precise wake-ups for the ticker: monoio's timer has 1 ms granularity and rounds up, so a
+/// helper thread sleeps to each tick boundary (nanosleep, ~50–100 µs slack) and wakes the
+/// ticker task across threads (monoio `sync` feature).
+struct TickSrc {
+    waker: atomic_waker::AtomicWaker,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+fn start_tick_thread(start: Instant, tick: Duration) -> std::sync::Arc<TickSrc> {
+    use std::sync::atomic::Ordering;
+    let src = std::sync::Arc::new(TickSrc {
+        waker: atomic_waker::AtomicWaker::new(),
+        stop: std::sync::atomic::AtomicBool::new(false),
+    });
+    let s2 = src.clone();
+    let tick_ns = tick.as_nanos().max(1);
+    let spawned = std::thread::Builder::new()
+        .name("ticker".into())
+        .spawn(move || {
+            while !s2.stop.load(Ordering::Acquire) {
+                let now = Instant::now();
+                let next = if now < start {
+                    start
+                } else {
+                    let j = (now - start).as_nanos() / tick_ns + 1;
+                    start + Duration::from_nanos((j * tick_ns) as u64)
+                };
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                s2.waker.wake();
+            }
+        });
+    if spawned.is_err() {
+        eprintln!("ticker thread could not start; falling back to the runtime timer");
+    }
+    src
+}
+
+/// Wait until `at` (woken by the tick thread; a 2 ms runtime timer backs it up).
+async fn wait_until_instant(src: &TickSrc, at: Instant) {
+    loop {
+        let ready = std::future::poll_fn(|cx| {
+            src.waker.register(cx.waker());
+            if Instant::now() >= at {
+                Poll::Ready(true)
+            } else {
+                Poll::Pending
+            }
+        });
+        match monoio::time::timeout(Duration::from_millis(2), ready).await {
+            Ok(_) => return,
+            Err(_) if Instant::now() >= at => return,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Open-loop rpc child: requests are scheduled on a grid of `tick` periods at this child's
+/// share of the rate and dispatched round-robin over its connections without waiting for
+/// answers; latency is measured from each request's scheduled time.
+async fn rpc_open(ctx: Rc<Ctx>, o: RpcOpts) {
+    let n = share(o.conns, ctx.procs, ctx.index);
+    let cap = o.max_inflight.max(1);
+    let st = Rc::new(OlSt {
+        base: Instant::now(),
+        deadline_us: Cell::new(u64::MAX),
+        conns: RefCell::default(),
+        hist: RefCell::default(),
+        tick_lag: RefCell::default(),
+        scheduled: Cell::new(0),
+        sent: Cell::new(0),
+        skipped_cap: Cell::new(0),
+        skipped_dead: Cell::new(0),
+        outstanding: Cell::new(0),
+        ok: Cell::new(0),
+        in_window: Cell::new(0),
+        unmatched: Cell::new(0),
+        rpc_errors: RefCell::default(),
+        lost: RefCell::default(),
+        bad_frames: Cell::new(0),
+        events: Cell::new(0),
+        writes: Cell::new(0),
+    });
+    let st2 = st.clone();
+    let spec = ctx.token_auth(&["operator.read"]);
+    let setup = establish(
+        &ctx,
+        n,
+        move |_| spec.clone(),
+        move |_k, c, _h| {
+            let st = st2.clone();
+            async move {
+                let Conn { io, rd, out, rng } = c;
+                let mut rng = rng;
+                let oc = Rc::new(OlConn {
+                    out: RefCell::new(out),
+                    writer: RefCell::new(None),
+                    closing: Cell::new(false),
+                    dead: Cell::new(false),
+                    slots: RefCell::new(vec![(0, 0); cap]),
+                    next_id: Cell::new(1),
+                    rng: RefCell::new(Rng::new(rng.next_u64())),
+                });
+                st.conns.borrow_mut().push(oc.clone());
+                let (r, w) = io.into_split();
+                let writer = monoio::spawn(ol_writer(w, oc.clone(), st.clone()));
+                ol_reader(r, rd, &oc, &st, rng).await;
+                oc.dead.set(true);
+                oc.wake_writer();
+                writer.await;
+            }
+        },
+    )
+    .await;
+    ipc::sync("ready", &setup.json());
+    wait_phase(1).await;
+
+    let rate_child = o.rate.unwrap_or(0.0).max(0.0) * n as f64 / o.conns.max(1) as f64;
+    let tick = o.tick.max(Duration::from_micros(50));
+    let per_tick = rate_child * tick.as_secs_f64();
+    // Children interleave their ticks.
+    let offset = tick.mul_f64(ctx.index as f64 / ctx.procs.max(1) as f64);
+    let start = Instant::now() + Duration::from_millis(1) + offset;
+    let deadline = start + o.duration;
+    st.deadline_us.set(st.mono_us(deadline));
+    let t_start = now_us();
+    let src = start_tick_thread(start, tick);
+    let conns: Vec<Rc<OlConn>> = st.conns.borrow().clone();
+    let method = serde_json::to_string(&o.method).unwrap_or_else(|_| "\"health\"".into());
+    let head = br#"{"type":"req","id":""#.to_vec();
+    let tail = format!(r#"","method":{method},"params":{{}}}}"#).into_bytes();
+    let mut req = Vec::with_capacity(head.len() + tail.len() + 20);
+    let mut max_behind = Duration::ZERO;
+    let batch = o.batch.max(1);
+    let mut rr = 0usize;
+    let mut in_batch = 0usize;
+    let mut j: u64 = 0;
+    let mut cum_prev: u64 = 0;
+    if !conns.is_empty() && per_tick > 0.0 {
+        loop {
+            let due = start + tick * j as u32;
+            if due >= deadline {
+                break;
+            }
+            let now = Instant::now();
+            if due > now {
+                wait_until_instant(&src, due).await;
+                continue;
+            }
+            // Process every tick that is due by now, each with its own scheduled time.
+            let mut due_j = due;
+            while due_j <= now && due_j < deadline {
+                let lag = now - due_j;
+                max_behind = max_behind.max(lag);
+                st.tick_lag.borrow_mut().record(lag.as_micros() as u64);
+                let cum = ((j + 1) as f64 * per_tick).floor() as u64;
+                let due_us = st.mono_us(due_j);
+                for _ in cum_prev..cum {
+                    if let Some(oc) = conns.get(rr) {
+                        st.dispatch(oc, due_us, &head, &tail, &mut req);
+                    }
+                    in_batch += 1;
+                    if in_batch >= batch {
+                        in_batch = 0;
+                        rr = (rr + 1) % conns.len();
+                    }
+                }
+                cum_prev = cum;
+                j += 1;
+                due_j = start + tick * j as u32;
+            }
+            // Let the writers run before the next tick even when behind schedule.
+            yield_once().await;
+        }
+    }
+    src.stop.store(true, std::sync::atomic::Ordering::Release);
+    // Drain: wait for the outstanding answers (≤ 10 s), then close every connection.
+    let s = st.clone();
+    wait_until(move || s.outstanding.get() == 0, Duration::from_secs(10)).await;
+    let outstanding_at_end = st.outstanding.get();
+    for oc in &conns {
+        oc.closing.set(true);
+        oc.wake_writer();
+    }
+    drop(conns);
+    let t_end = now_us();
+    let mut setup = setup;
+    let handles = std::mem::take(&mut setup.handles);
+    if monoio::time::timeout(Duration::from_secs(5), join_all(handles))
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "{} some connections did not answer the close within 5 s",
+            ctx.tag()
+        );
+    }
+    ipc::result(&json!({
+        "setup": setup.json(), "mode": "open", "conns": n, "rate": rate_child, "batch": batch,
+        "scheduled": st.scheduled.get(), "sent": st.sent.get(), "writes": st.writes.get(),
+        "skipped_inflight_cap": st.skipped_cap.get(), "skipped_dead": st.skipped_dead.get(),
+        "responses": st.hist.borrow().n, "ok": st.ok.get(), "in_window": st.in_window.get(),
+        "unmatched": st.unmatched.get(), "outstanding_at_end": outstanding_at_end,
+        "rpc_errors": st.rpc_errors.borrow().to_json(), "lost": st.lost.borrow().to_json(),
+        "bad_frames": st.bad_frames.get(), "events": st.events.get(), "hist": st.hist.borrow().to_json(),
+        "tick_lag": st.tick_lag.borrow().to_json(), "max_behind_us": max_behind.as_micros() as u64,
+        "duration_s": o.duration.as_secs_f64(), "t_start_us": t_start, "t_end_us": t_end,
+        "loadgen_rss_kb": self_rss_kb(), "loadgen_cpu_s": crate::stats::self_cpu_secs(),
     }));
 }
 
@@ -546,6 +1009,8 @@ struct FanSt {
     lost: RefCell<Errors>,
     n_slow: Cell<usize>,
     n_fast: Cell<usize>,
+    /// Last presence body seen and its fast-path result (`None` = serde fallback).
+    memo: RefCell<(Vec<u8>, Option<frames::Mark>)>,
 }
 
 fn min_nonzero(a: u64, b: u64) -> u64 {
@@ -569,12 +1034,37 @@ struct SubView {
 }
 
 impl SubView {
+    /// One text frame: presence events take the byte-scan fast path; everything else (and
+    /// any presence frame the fast path does not recognise) goes through serde.
     fn on_text(&mut self, st: &FanSt, t: &[u8]) {
+        if let Some((body, seq)) = frames::split_presence(t) {
+            // Every subscriber of this child receives the same broadcast body: scan it
+            // once and reuse the result while the bytes are identical.
+            let mut memo = st.memo.borrow_mut();
+            let mark = if memo.0 == body {
+                memo.1
+            } else {
+                let m = frames::presence_body_mark(body);
+                memo.0.clear();
+                memo.0.extend_from_slice(body);
+                memo.1 = m;
+                m
+            };
+            drop(memo);
+            if let Some(mark) = mark {
+                self.on_event(st, Some(seq), mark, true);
+                return;
+            }
+        }
         let Some(f) = frames::parse(t) else {
             st.bad_frames.set(st.bad_frames.get() + 1);
             return;
         };
-        if let Some(s) = f.seq {
+        self.on_event(st, f.seq, f.publisher_mark(), f.ty == "event");
+    }
+
+    fn on_event(&mut self, st: &FanSt, seq: Option<u64>, mark: Option<(u64, u64)>, is_event: bool) {
+        if let Some(s) = seq {
             if s > self.last_seq + 1 {
                 st.gaps.set(st.gaps.get() + (s - self.last_seq - 1));
                 st.gap_events.set(st.gap_events.get() + 1);
@@ -587,8 +1077,8 @@ impl SubView {
             }
             self.last_seq = self.last_seq.max(s);
         }
-        let Some((i, ts)) = f.publisher_mark() else {
-            if f.ty == "event" {
+        let Some((i, ts)) = mark else {
+            if is_event {
                 st.other_events.set(st.other_events.get() + 1);
             }
             return;
@@ -640,7 +1130,14 @@ fn is_slow(k: usize, frac: f64) -> bool {
     ((k + 1) as f64 * frac).floor() > (k as f64 * frac).floor()
 }
 
-async fn subscriber(st: Rc<FanSt>, o: Rc<FanOpts>, k: usize, mut c: Conn, hello: Hello) {
+async fn subscriber(
+    st: Rc<FanSt>,
+    o: Rc<FanOpts>,
+    k: usize,
+    mut c: Conn,
+    hello: Hello,
+    cancel: CancelHandle,
+) {
     let slow = is_slow(k, o.slow_fraction);
     let words = ((2 * o.events).div_ceil(64)) as usize;
     let mut v = SubView {
@@ -704,11 +1201,10 @@ async fn subscriber(st: Rc<FanSt>, o: Rc<FanOpts>, k: usize, mut c: Conn, hello:
         st.slow_done.set(st.slow_done.get() + 1);
         return;
     }
+    // Reads without a timer: the child cancels them all at END through `cancel` (a read
+    // that is already complete still delivers its bytes; see `Reader::fill_cancelable`).
     while phase() < ph::END {
-        if let Err(e) = c
-            .pump_for(Duration::from_millis(500), &mut |t| v.on_text(&st, t))
-            .await
-        {
+        if let Err(e) = c.pump_cancelable(&cancel, &mut |t| v.on_text(&st, t)).await {
             st.lost.borrow_mut().add(e.kind());
             st.dead.set(st.dead.get() + 1);
             st.dead_fast.set(st.dead_fast.get() + 1);
@@ -739,6 +1235,8 @@ pub async fn fan(ctx: Rc<Ctx>, o: FanOpts) {
     let (st2, o2) = (st.clone(), o.clone());
     let spec = ctx.token_auth(&["operator.read"]);
     let (frac, slow_rcvbuf) = (o.slow_fraction, o.slow_rcvbuf);
+    let canceller = Canceller::new();
+    let cancel = canceller.handle();
     let setup = establish(
         &ctx,
         n,
@@ -756,7 +1254,7 @@ pub async fn fan(ctx: Rc<Ctx>, o: FanOpts) {
             } else {
                 st.n_fast.set(st.n_fast.get() + 1);
             }
-            subscriber(st, o, k, c, h)
+            subscriber(st, o, k, c, h, cancel.clone())
         },
     )
     .await;
@@ -812,6 +1310,8 @@ pub async fn fan(ctx: Rc<Ctx>, o: FanOpts) {
         );
     }
     wait_phase(ph::END).await;
+    // Wake every subscriber blocked in a timer-less read.
+    let _ = canceller.cancel();
     let rss = self_rss_kb();
     let mut setup = setup;
     join_all(std::mem::take(&mut setup.handles)).await;

@@ -136,6 +136,23 @@ enum Cmd {
         /// Method to call (params {}).
         #[arg(long, default_value = "health")]
         method: String,
+        /// Open loop: total requests per second over all connections, sent on a fixed
+        /// schedule without waiting for answers (latency from the scheduled send time).
+        /// Without it: closed loop with `--pipeline` requests in flight per connection.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Open loop: most requests outstanding per connection; further scheduled requests
+        /// on that connection are skipped and counted (`skipped_inflight_cap`).
+        #[arg(long, default_value_t = 64)]
+        max_inflight: usize,
+        /// Open loop: schedule granularity in µs (requests due in one tick on the same
+        /// connection go out in one write).
+        #[arg(long, default_value_t = 1000)]
+        tick_us: u64,
+        /// Open loop: consecutive scheduled requests given to the same connection (they
+        /// share a tick, so they go out in one write) before moving to the next one.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// Broadcast latency: an admin publisher calls system-event; every subscriber gets a
     /// `presence` event.
@@ -146,9 +163,14 @@ enum Cmd {
         /// Events to publish.
         #[arg(long, default_value_t = 100)]
         events: u64,
-        /// Publish rate (events per second).
+        /// Publisher ticks per second (each tick sends `--burst` events in one write).
         #[arg(long, default_value_t = 50.0)]
         rate: f64,
+        /// Events per publisher tick, written back-to-back in one write (each with its own
+        /// index and send timestamp); `--events` stays the total, so the event rate is
+        /// rate x burst and there are ceil(events / burst) ticks.
+        #[arg(long, default_value_t = 1)]
+        burst: u64,
         /// Seconds to wait for deliveries after the last send.
         #[arg(long, default_value_t = 10)]
         grace_secs: u64,
@@ -164,9 +186,14 @@ enum Cmd {
         /// Events to publish (per run).
         #[arg(long, default_value_t = 100)]
         events: u64,
-        /// Publish rate (events per second).
+        /// Publisher ticks per second (each tick sends `--burst` events in one write).
         #[arg(long, default_value_t = 50.0)]
         rate: f64,
+        /// Events per publisher tick, written back-to-back in one write (each with its own
+        /// index and send timestamp); `--events` stays the total, so the event rate is
+        /// rate x burst and there are ceil(events / burst) ticks.
+        #[arg(long, default_value_t = 1)]
+        burst: u64,
         /// First run the same fan-out with everybody reading (baseline) on the same sockets.
         #[arg(long)]
         baseline: bool,
@@ -275,6 +302,10 @@ fn run_child(cli: Cli, index: usize, target: ws::Target) -> anyhow::Result<()> {
                 duration_secs,
                 pipeline,
                 method,
+                rate,
+                max_inflight,
+                tick_us,
+                batch,
             } => {
                 child::rpc(
                     ctx,
@@ -283,6 +314,10 @@ fn run_child(cli: Cli, index: usize, target: ws::Target) -> anyhow::Result<()> {
                         duration: Duration::from_secs(duration_secs),
                         pipeline,
                         method,
+                        rate: rate.filter(|r| *r > 0.0),
+                        max_inflight: max_inflight.max(1),
+                        tick: Duration::from_micros(tick_us.max(50)),
+                        batch: batch.max(1),
                     },
                 )
                 .await
@@ -367,11 +402,31 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                 duration_secs,
                 pipeline,
                 method,
-            } => parent::rpc(&common, conns, duration_secs, pipeline.max(1), &method).await,
+                rate,
+                max_inflight,
+                tick_us,
+                batch,
+            } => {
+                parent::rpc(
+                    &common,
+                    parent::RpcPlan {
+                        conns,
+                        secs: duration_secs,
+                        pipeline: pipeline.max(1),
+                        method: &method,
+                        rate: rate.filter(|r| *r > 0.0),
+                        max_inflight: max_inflight.max(1),
+                        tick_us: tick_us.max(50),
+                        batch: batch.max(1),
+                    },
+                )
+                .await
+            }
             Cmd::Fanout {
                 subscribers,
                 events,
                 rate,
+                burst,
                 grace_secs,
             } => {
                 parent::fan(
@@ -381,6 +436,7 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                         subscribers,
                         events,
                         rate,
+                        burst: burst.max(1),
                         slow_fraction: 0.0,
                         run_a: true,
                         run_b: false,
@@ -396,6 +452,7 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                 slow_fraction,
                 events,
                 rate,
+                burst,
                 baseline,
                 grace_secs,
                 drop_wait_secs,
@@ -408,6 +465,7 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                         subscribers,
                         events,
                         rate,
+                        burst: burst.max(1),
                         slow_fraction: slow_fraction.clamp(0.0, 1.0),
                         run_a: baseline,
                         run_b: true,

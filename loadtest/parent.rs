@@ -240,22 +240,45 @@ pub async fn hold(
     Ok(out)
 }
 
+/// rpc options on the parent side.
+pub struct RpcPlan<'a> {
+    /// Connections.
+    pub conns: usize,
+    /// Window in seconds.
+    pub secs: u64,
+    /// Closed loop: requests in flight per connection.
+    pub pipeline: usize,
+    /// Method.
+    pub method: &'a str,
+    /// Open loop: offered requests/s in total (None = closed loop).
+    pub rate: Option<f64>,
+    /// Open loop: cap of outstanding requests per connection.
+    pub max_inflight: usize,
+    /// Open loop: schedule granularity (µs).
+    pub tick_us: u64,
+    /// Open loop: consecutive requests per connection.
+    pub batch: usize,
+}
+
 /// rpc parent.
-pub async fn rpc(
-    c: &Common,
-    conns: usize,
-    secs: u64,
-    pipeline: usize,
-    method: &str,
-) -> anyhow::Result<Value> {
+pub async fn rpc(c: &Common, p: RpcPlan<'_>) -> anyhow::Result<Value> {
+    let secs = p.secs;
     let mut ch = c.spawn()?;
     let ready = ch.wait_sync("ready", Duration::from_secs(3600)).await;
     let ready: Vec<Value> = ready.into_iter().flatten().collect();
     let before = c.rss_kb();
-    eprintln!(
-        "[parent] rpc: {} connections, {secs}s, pipeline {pipeline}",
-        sum(&ready, &["connected"])
-    );
+    match p.rate {
+        Some(r) => eprintln!(
+            "[parent] rpc open loop: {} connections, {secs}s, {r} req/s offered, tick {} µs",
+            sum(&ready, &["connected"]),
+            p.tick_us
+        ),
+        None => eprintln!(
+            "[parent] rpc: {} connections, {secs}s, pipeline {}",
+            sum(&ready, &["connected"]),
+            p.pipeline
+        ),
+    }
     let cpu0 = c.cpu();
     ch.set_phase(1);
     let (rs, missing) = results_ok(ch.results(Duration::from_secs(secs + 120)).await);
@@ -266,7 +289,8 @@ pub async fn rpc(
     merge_into(
         &mut out,
         json!({
-            "conns": conns, "duration_secs": secs, "pipeline": pipeline, "method": method,
+            "conns": p.conns, "duration_secs": secs, "method": p.method,
+            "mode": if p.rate.is_some() { "open-loop" } else { "closed-loop" },
             "setup": setup_summary(&ready, None),
             "requests_sent": sum(&rs, &["sent"]), "responses": sum(&rs, &["responses"]), "ok": sum(&rs, &["ok"]),
             "responses_in_window": in_window,
@@ -280,6 +304,37 @@ pub async fn rpc(
             "children_missing": missing,
         }),
     );
+    match p.rate {
+        None => merge_into(&mut out, json!({"pipeline": p.pipeline})),
+        Some(rate) => {
+            let max_behind_us = rs
+                .iter()
+                .filter_map(|r| r["max_behind_us"].as_u64())
+                .max()
+                .unwrap_or(0);
+            let sent = sum(&rs, &["sent"]);
+            let scheduled = sum(&rs, &["scheduled"]);
+            let writes = sum(&rs, &["writes"]);
+            merge_into(
+                &mut out,
+                json!({
+                    "offered_rate": rate, "tick_us": p.tick_us, "max_inflight": p.max_inflight, "batch": p.batch,
+                    "latency_from": "scheduled send time (tick grid), not the actual write",
+                    "scheduled": scheduled,
+                    "scheduled_per_sec": round2(scheduled as f64 / secs.max(1) as f64),
+                    "sent_per_sec": round2(sent as f64 / secs.max(1) as f64),
+                    "skipped_inflight_cap": sum(&rs, &["skipped_inflight_cap"]),
+                    "skipped_dead_conn": sum(&rs, &["skipped_dead"]),
+                    "unmatched_responses": sum(&rs, &["unmatched"]),
+                    "outstanding_at_end": sum(&rs, &["outstanding_at_end"]),
+                    "writes": writes,
+                    "requests_per_write": if writes > 0 { round2(sent as f64 / writes as f64) } else { 0.0 },
+                    "max_behind_schedule_ms": round2(max_behind_us as f64 / 1000.0),
+                    "tick_lag": merge_hist(&rs, &["tick_lag"]).summary_ms(),
+                }),
+            );
+        }
+    }
     Ok(out)
 }
 
@@ -371,47 +426,61 @@ impl Publisher {
         })
     }
 
-    /// Send `count` system-events numbered from `from` at `rate`/s; wait for the answers.
-    async fn run(&mut self, from: u64, count: u64, rate: f64) -> Value {
+    /// Send `count` system-events numbered from `from`: `burst` of them back-to-back in
+    /// one write per tick, `rate` ticks per second (absolute schedule); wait for the
+    /// answers. Every event carries its own send timestamp.
+    async fn run(&mut self, from: u64, count: u64, rate: f64, burst: u64) -> Value {
+        let burst = burst.max(1);
         let ok0 = self.st.ok.get();
         let err0 = self.st.errs.borrow().total();
         let t0 = Instant::now();
-        let (mut first, mut last, mut sent) = (0u64, 0u64, 0u64);
+        let (mut first, mut last, mut sent, mut ticks) = (0u64, 0u64, 0u64, 0u64);
         let mut write_error = None;
         let mut max_behind_ms = 0.0f64;
-        for k in 0..count {
-            let due = t0 + Duration::from_secs_f64(k as f64 / rate.max(0.001));
+        let mut k = 0u64;
+        while k < count {
+            let due = t0 + Duration::from_secs_f64(ticks as f64 / rate.max(0.001));
             let now = Instant::now();
             if due > now {
                 monoio::time::sleep(due - now).await;
             } else {
                 max_behind_ms = max_behind_ms.max((now - due).as_secs_f64() * 1000.0);
             }
-            let i = from + k;
-            let ts = now_us();
-            let req = json!({"type": "req", "id": format!("p{i}"), "method": "system-event",
-                             "params": {"text": format!("load {i} {ts}"), "instanceId": frames::PUBLISHER_INSTANCE}});
             {
                 let mut p = self.st.pongs.borrow_mut();
                 self.out.extend_from_slice(&p);
                 p.clear();
             }
-            let mask = self.rng.mask();
-            encode_frame_masked(
-                &mut self.out,
-                OpCode::Text,
-                req.to_string().as_bytes(),
-                mask,
-            );
+            let n = burst.min(count - k);
+            let (mut first_ts, mut last_ts) = (0, 0);
+            for b in 0..n {
+                let i = from + k + b;
+                let ts = now_us();
+                if b == 0 {
+                    first_ts = ts;
+                }
+                last_ts = ts;
+                let req = json!({"type": "req", "id": format!("p{i}"), "method": "system-event",
+                                 "params": {"text": format!("load {i} {ts}"), "instanceId": frames::PUBLISHER_INSTANCE}});
+                let mask = self.rng.mask();
+                encode_frame_masked(
+                    &mut self.out,
+                    OpCode::Text,
+                    req.to_string().as_bytes(),
+                    mask,
+                );
+            }
             if let Err(e) = ws::write_all_to(&mut self.w, &mut self.out).await {
                 write_error = Some(e.kind());
                 break;
             }
             if first == 0 {
-                first = ts;
+                first = first_ts;
             }
-            last = ts;
-            sent += 1;
+            last = last_ts;
+            sent += n;
+            k += n;
+            ticks += 1;
         }
         let send_secs = t0.elapsed().as_secs_f64();
         let until = Instant::now() + Duration::from_secs(30);
@@ -422,8 +491,9 @@ impl Publisher {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
         json!({
-            "sent": sent, "first_send_us": first, "last_send_us": last,
+            "sent": sent, "ticks": ticks, "burst": burst, "first_send_us": first, "last_send_us": last,
             "achieved_rate": if send_secs > 0.0 { round2(sent as f64 / send_secs) } else { 0.0 },
+            "achieved_tick_rate": if send_secs > 0.0 { round2(ticks as f64 / send_secs) } else { 0.0 },
             "max_behind_schedule_ms": round2(max_behind_ms),
             "responses_ok": self.st.ok.get() - ok0, "errors": self.st.errs.borrow().to_json(),
             "write_error": write_error, "connection_lost": self.st.dead.borrow().clone(),
@@ -477,8 +547,10 @@ pub struct FanPlan {
     pub subscribers: usize,
     /// Events per run.
     pub events: u64,
-    /// Publish rate (events/s).
+    /// Publish rate (ticks/s; `burst` events per tick).
     pub rate: f64,
+    /// Events per publisher tick, sent back-to-back in one write.
+    pub burst: u64,
     /// Slow fraction.
     pub slow_fraction: f64,
     /// Run A (fanout / baseline).
@@ -545,9 +617,12 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
     if p.run_a {
         ch.set_phase(ph::RUN_A);
         monoio::time::sleep(Duration::from_millis(100)).await;
-        eprintln!("[parent] run A: {} events at {}/s", p.events, p.rate);
+        eprintln!(
+            "[parent] run A: {} events, {} ticks/s x burst {}",
+            p.events, p.rate, p.burst
+        );
         let cpu0 = c.cpu();
-        pub_a = publisher.run(0, p.events, p.rate).await;
+        pub_a = publisher.run(0, p.events, p.rate, p.burst).await;
         complete_a = ch
             .wait_sync("a-complete", p.grace)
             .await
@@ -571,11 +646,11 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
         ch.set_phase(ph::RUN_B);
         monoio::time::sleep(Duration::from_millis(100)).await;
         eprintln!(
-            "[parent] run B (slow consumers stopped reading): {} events at {}/s",
-            p.events, p.rate
+            "[parent] run B (slow consumers stopped reading): {} events, {} ticks/s x burst {}",
+            p.events, p.rate, p.burst
         );
         let cpu0 = c.cpu();
-        pub_b = publisher.run(p.events, p.events, p.rate).await;
+        pub_b = publisher.run(p.events, p.events, p.rate, p.burst).await;
         complete_b = ch
             .wait_sync("b-complete", p.grace)
             .await
@@ -617,7 +692,8 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
     merge_into(
         &mut out,
         json!({
-            "subscribers": p.subscribers, "events": p.events, "rate": p.rate,
+            "subscribers": p.subscribers, "events": p.events, "rate": p.rate, "burst": p.burst,
+            "event_rate": p.rate * p.burst as f64,
             "setup": setup_summary(&ready, Some("setup")),
             "clock": "wall-clock µs since epoch (publisher and subscribers on the same host)",
             "gaps": sum(&rs, &["gaps"]), "gap_events": sum(&rs, &["gap_events"]),

@@ -243,6 +243,12 @@ impl Rng {
         let s = u64::from_le_bytes(b) ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Self(if s == 0 { 0x2545_F491_4F6C_DD1D } else { s })
     }
+    /// Seeded deterministically (no syscall); for per-connection streams derived from a
+    /// parent generator.
+    pub fn seeded(seed: u64) -> Self {
+        let s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        Self(if s == 0 { 0x2545_F491_4F6C_DD1D } else { s })
+    }
     /// Next value.
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;

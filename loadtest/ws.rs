@@ -2,8 +2,9 @@
 //! HTTP upgrade, the protocol `connect` handshake (token or signed device), decoding with
 //! the library codec (pings answered with pongs), masked writes and a polite close.
 //!
-//! Memory per idle connection is kept small: reads go through a 4 KiB scratch buffer and
-//! are appended to an accumulation buffer that is released again once it is empty.
+//! Memory per idle connection is kept small: reads go straight into the spare capacity of
+//! an accumulation buffer (≥ 2 KiB free per read) that is released again once it drains
+//! empty after having grown past 16 KiB.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -11,16 +12,17 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use clawgate::auth::device::{self, SignedFields};
 use clawgate::transport::ws::codec::{encode_frame_masked, Decoder, Message, OpCode, Role};
+use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    Canceller,
 };
 use monoio::net::TcpStream;
-use serde_json::json;
 
 use crate::frames;
 use crate::stats::Rng;
 
-/// Size of the per-connection read buffer.
+/// Minimum growth of the accumulation buffer before a read.
 pub const READ_BUF: usize = 4096;
 /// Accumulation buffers larger than this are released when they drain empty.
 const KEEP_BUF: usize = 16 * 1024;
@@ -148,10 +150,139 @@ pub struct ConnSpec {
     pub token: String,
     /// Requested scopes.
     pub scopes: Vec<String>,
-    /// Sign a device identity with this Ed25519 seed.
-    pub device: Option<[u8; 32]>,
+    /// Sign a device identity (key, id and public key derived once).
+    pub device: Option<DeviceIdentity>,
     /// SO_RCVBUF for this socket (set before connect; `None` = kernel autotuning).
     pub recv_buffer: Option<usize>,
+}
+
+/// The client fields of the `connect` frame (those of the bundled blocking client).
+const CLIENT_ID: &str = "cli";
+const CLIENT_MODE: &str = "cli";
+const ROLE: &str = "operator";
+const DEVICE_FAMILY: &str = "Linux";
+
+/// An Ed25519 device identity with everything derived from the seed computed once: the
+/// signing key (with its public key), the wire public key and the device id. Signing a
+/// handshake then costs one Ed25519 signature.
+#[derive(Clone)]
+pub struct DeviceIdentity {
+    key: ed25519_dalek::SigningKey,
+    /// `sha256(raw public key)` in hex.
+    pub id: String,
+    /// Raw public key, unpadded base64url.
+    pub public_key: String,
+}
+
+impl std::fmt::Debug for DeviceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceIdentity")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl DeviceIdentity {
+    /// Derive from a seed.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let key = ed25519_dalek::SigningKey::from_bytes(seed);
+        let raw = key.verifying_key().to_bytes();
+        Self {
+            key,
+            id: device::device_id_for(&raw),
+            public_key: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+        }
+    }
+
+    /// The v3 signature (same bytes as `auth::device::sign_v3` with the seed).
+    pub fn sign(&self, token: &str, scopes: &[String], ts: i64, nonce: &str) -> String {
+        use ed25519_dalek::Signer as _;
+        let fields = SignedFields {
+            client_id: CLIENT_ID,
+            client_mode: CLIENT_MODE,
+            role: ROLE,
+            scopes,
+            token,
+            platform: std::env::consts::OS,
+            device_family: DEVICE_FAMILY,
+        };
+        let payload = device::payload_v3(&self.id, &fields, ts, nonce);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.key.sign(payload.as_bytes()).to_bytes())
+    }
+}
+
+/// A random-looking v4 UUID from the connection's PRNG (no syscall; an instance id, not a
+/// secret).
+fn uuid_from(rng: &mut Rng) -> String {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+    b[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut s = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+fn push_json_str(out: &mut String, v: &str) {
+    match serde_json::to_string(v) {
+        Ok(q) => out.push_str(&q),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+/// The `connect` request text, written directly (same members and order as building it
+/// with `json!`, which sorts keys): `device` = (identity, signature, signedAt, nonce).
+pub fn connect_frame(
+    token: &str,
+    scopes: &[String],
+    instance_id: &str,
+    device: Option<(&DeviceIdentity, &str, i64, &str)>,
+) -> String {
+    let mut s = String::with_capacity(512);
+    s.push_str(r#"{"id":"1:connect","method":"connect","params":{"auth":{"token":"#);
+    push_json_str(&mut s, token);
+    s.push_str(r#"},"caps":[],"client":{"deviceFamily":"#);
+    push_json_str(&mut s, DEVICE_FAMILY);
+    s.push_str(r#","id":"#);
+    push_json_str(&mut s, CLIENT_ID);
+    s.push_str(r#","instanceId":"#);
+    push_json_str(&mut s, instance_id);
+    s.push_str(r#","mode":"#);
+    push_json_str(&mut s, CLIENT_MODE);
+    s.push_str(r#","platform":"#);
+    push_json_str(&mut s, std::env::consts::OS);
+    s.push_str(r#","version":"#);
+    push_json_str(&mut s, env!("CARGO_PKG_VERSION"));
+    s.push('}');
+    if let Some((d, sig, ts, nonce)) = device {
+        s.push_str(r#","device":{"id":"#);
+        push_json_str(&mut s, &d.id);
+        s.push_str(r#","nonce":"#);
+        push_json_str(&mut s, nonce);
+        s.push_str(r#","publicKey":"#);
+        push_json_str(&mut s, &d.public_key);
+        s.push_str(r#","signature":"#);
+        push_json_str(&mut s, sig);
+        s.push_str(&format!(r#","signedAt":{ts}}}"#));
+    }
+    s.push_str(r#","maxProtocol":4,"minProtocol":4,"role":"#);
+    push_json_str(&mut s, ROLE);
+    s.push_str(r#","scopes":["#);
+    for (i, sc) in scopes.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        push_json_str(&mut s, sc);
+    }
+    s.push_str(r#"]},"type":"req"}"#);
+    s
 }
 
 /// What the handshake learned.
@@ -161,11 +292,11 @@ pub struct Hello {
     pub seq: u64,
 }
 
-/// The read side: codec + accumulation buffer + 4 KiB scratch buffer.
+/// The read side: codec + accumulation buffer. Reads go straight into the buffer's spare
+/// capacity (at least [`READ_BUF`] bytes are made available before each read).
 pub struct Reader {
     dec: Decoder,
     buf: Vec<u8>,
-    scratch: Vec<u8>,
 }
 
 /// Outcome of decoding what is buffered.
@@ -183,45 +314,66 @@ impl Default for Reader {
     }
 }
 
+/// `ECANCELED`, what monoio reports for a cancelled operation.
+fn is_cancelled(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED)
+}
+
 impl Reader {
     /// New reader (client role).
     pub fn new() -> Self {
         Self {
             dec: Decoder::new(Role::Client, MAX_MESSAGE),
             buf: Vec::new(),
-            scratch: Vec::with_capacity(READ_BUF),
         }
     }
 
-    fn take_scratch(&mut self) -> Vec<u8> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        if scratch.capacity() < READ_BUF {
-            scratch = Vec::with_capacity(READ_BUF);
+    /// Take the accumulation buffer as a view of its spare capacity (≥ READ_BUF / 2 bytes,
+    /// grown by READ_BUF when less is left), so the kernel appends to it directly.
+    fn take_spare(&mut self) -> SliceMut<Vec<u8>> {
+        let mut b = std::mem::take(&mut self.buf);
+        if b.capacity() - b.len() < READ_BUF / 2 {
+            b.reserve(READ_BUF);
         }
-        scratch.clear();
-        scratch
+        let (len, cap) = (b.len(), b.capacity());
+        b.slice_mut(len..cap)
     }
 
-    fn absorb(&mut self, res: std::io::Result<usize>, mut s: Vec<u8>) -> Res<()> {
-        let out = match res {
+    fn absorb(&mut self, res: std::io::Result<usize>, s: SliceMut<Vec<u8>>) -> Res<()> {
+        // The driver already advanced the length by the bytes read.
+        self.buf = s.into_inner();
+        match res {
             Ok(0) => Err(LoadError::Eof),
-            Ok(n) => {
-                let n = n.min(s.len());
-                self.buf.extend_from_slice(&s[..n]);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(e) => Err(LoadError::Io("read", e)),
-        };
-        s.clear();
-        self.scratch = s;
-        out
+        }
     }
 
     /// Read once from `io` and append to the buffer (waits as long as it takes).
     pub async fn fill<R: AsyncReadRent>(&mut self, io: &mut R) -> Res<()> {
-        let scratch = self.take_scratch();
-        let (res, s) = io.read(scratch).await;
+        let spare = self.take_spare();
+        let (res, s) = io.read(spare).await;
         self.absorb(res, s)
+    }
+
+    /// Read once with no timer, cancellable through `cancel` (a handle of a [`Canceller`]
+    /// shared by many connections): `Ok(false)` = cancelled before anything arrived.
+    /// A cancelled io_uring read is awaited to completion by the driver, so no bytes are
+    /// lost (a read that completed before the cancel reports its data normally).
+    pub async fn fill_cancelable<R: CancelableAsyncReadRent>(
+        &mut self,
+        io: &mut R,
+        cancel: &CancelHandle,
+    ) -> Res<bool> {
+        let spare = self.take_spare();
+        let (res, s) = io.cancelable_read(spare, cancel.clone()).await;
+        match res {
+            Err(e) if is_cancelled(&e) => {
+                self.buf = s.into_inner();
+                Ok(false)
+            }
+            res => self.absorb(res, s).map(|()| true),
+        }
     }
 
     /// Read once, waiting at most `wait`: `Ok(false)` = nothing arrived.
@@ -234,9 +386,9 @@ impl Reader {
         io: &mut R,
         wait: Duration,
     ) -> Res<bool> {
-        let scratch = self.take_scratch();
+        let spare = self.take_spare();
         let canceller = Canceller::new();
-        let read = io.cancelable_read(scratch, canceller.handle());
+        let read = io.cancelable_read(spare, canceller.handle());
         let mut read = std::pin::pin!(read);
         let (res, s) = match monoio::time::timeout(wait, read.as_mut()).await {
             Ok(r) => r,
@@ -244,13 +396,10 @@ impl Reader {
                 let _ = canceller.cancel();
                 let (res, s) = read.await;
                 match res {
-                    Ok(n) if n > 0 => (Ok(n), s),
-                    Ok(_) => (Ok(0), s),
+                    Ok(n) => (Ok(n), s),
                     Err(_) => {
                         // Cancelled (or failed; the next read reports a real error again).
-                        let mut s = s;
-                        s.clear();
-                        self.scratch = s;
+                        self.buf = s.into_inner();
                         return Ok(false);
                     }
                 }
@@ -371,7 +520,7 @@ impl Conn {
             io,
             rd: Reader::new(),
             out: Vec::with_capacity(256),
-            rng: Rng::new(rng.next_u64()),
+            rng: Rng::seeded(rng.next_u64()),
         };
         let key = base64::engine::general_purpose::STANDARD
             .encode(rng.next_u64().to_le_bytes().repeat(2));
@@ -444,6 +593,24 @@ impl Conn {
         }
     }
 
+    /// Read once (no timer; `cancel` ends the wait), decode everything, write pongs.
+    /// `Ok(false)` = cancelled; `Err(Closed)` on a close frame.
+    pub async fn pump_cancelable(
+        &mut self,
+        cancel: &CancelHandle,
+        on_text: &mut dyn FnMut(&[u8]),
+    ) -> Res<bool> {
+        if !self.rd.fill_cancelable(&mut self.io, cancel).await? {
+            return Ok(false);
+        }
+        let d = self.drain(on_text)?;
+        self.flush().await?;
+        match d {
+            Drained::More => Ok(true),
+            Drained::Closed(code) => Err(LoadError::Closed(code)),
+        }
+    }
+
     /// The protocol handshake: wait for `connect.challenge`, send `connect` (optionally
     /// with a signed device), wait for `hello-ok`.
     pub async fn handshake(&mut self, auth: &ConnSpec) -> Res<Hello> {
@@ -476,52 +643,47 @@ impl Conn {
         let (nonce, ts) = challenge.unwrap_or_default();
 
         // 2. connect (exactly the blocking client's frame).
-        let (client_id, client_mode, role, platform, family) =
-            ("cli", "cli", "operator", std::env::consts::OS, "Linux");
-        let mut params = json!({
-            "minProtocol": 4, "maxProtocol": 4,
-            "client": {"id": client_id, "version": env!("CARGO_PKG_VERSION"), "platform": platform,
-                       "deviceFamily": family, "mode": client_mode, "instanceId": clawgate::auth::token::uuid_v4()},
-            "caps": [], "auth": {"token": auth.token}, "role": role, "scopes": auth.scopes,
+        let instance = uuid_from(&mut self.rng);
+        let signed = auth.device.as_ref().map(|d| {
+            let sig = d.sign(&auth.token, &auth.scopes, ts, &nonce);
+            (d, sig)
         });
-        if let Some(seed) = &auth.device {
-            let pk = device::public_key_b64url(seed);
-            let raw = device::public_key_raw(seed);
-            let id = device::device_id_for(&raw);
-            let fields = SignedFields {
-                client_id,
-                client_mode,
-                role,
-                scopes: &auth.scopes,
-                token: &auth.token,
-                platform,
-                device_family: family,
-            };
-            let sig = device::sign_v3(seed, &id, &fields, ts, &nonce);
-            params["device"] = json!({"id": id, "publicKey": pk, "signature": sig, "signedAt": ts, "nonce": nonce});
-        }
-        let req = json!({"type": "req", "id": "1:connect", "method": "connect", "params": params});
-        self.queue_text(req.to_string().as_bytes());
+        let req = connect_frame(
+            &auth.token,
+            &auth.scopes,
+            &instance,
+            signed
+                .as_ref()
+                .map(|(d, sig)| (*d, sig.as_str(), ts, nonce.as_str())),
+        );
+        self.queue_text(req.as_bytes());
         self.flush().await?;
 
-        // 3. hello-ok.
+        // 3. hello-ok: a byte check of the response head (the ~2–10 KiB snapshot is not
+        // parsed); failures and other frames take the serde path.
         let mut result: Option<Result<(), String>> = None;
         let mut hello = Hello::default();
         loop {
-            let d = self.drain(&mut |t| match frames::parse(t) {
-                Some(f) if f.ty == "res" && f.id.as_deref() == Some("1:connect") => {
-                    if f.ok == Some(true) {
-                        result = Some(Ok(()));
-                    } else {
-                        result = Some(Err(f.error_kind()));
-                    }
+            let d = self.drain(&mut |t| {
+                if frames::fast_connect_ok(t) {
+                    result = Some(Ok(()));
+                    return;
                 }
-                Some(f) => {
-                    if let Some(s) = f.seq {
-                        hello.seq = hello.seq.max(s);
+                match frames::parse(t) {
+                    Some(f) if f.ty == "res" && f.id.as_deref() == Some("1:connect") => {
+                        if f.ok == Some(true) {
+                            result = Some(Ok(()));
+                        } else {
+                            result = Some(Err(f.error_kind()));
+                        }
                     }
+                    Some(f) => {
+                        if let Some(s) = f.seq {
+                            hello.seq = hello.seq.max(s);
+                        }
+                    }
+                    None => bad = true,
                 }
-                None => bad = true,
             })?;
             match (result.take(), d) {
                 (Some(Ok(())), _) => {
@@ -591,5 +753,72 @@ pub async fn connect(
         Ok(Ok((c, h))) => Ok((c, h, start.elapsed())),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(LoadError::Timeout("handshake")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn precomputed_identity_matches_the_library() {
+        let seed = [7u8; 32];
+        let d = DeviceIdentity::from_seed(&seed);
+        assert_eq!(d.public_key, device::public_key_b64url(&seed));
+        assert_eq!(d.id, device::device_id_for(&device::public_key_raw(&seed)));
+        let scopes = vec!["operator.read".to_string()];
+        let fields = SignedFields {
+            client_id: CLIENT_ID,
+            client_mode: CLIENT_MODE,
+            role: ROLE,
+            scopes: &scopes,
+            token: "tok\"en",
+            platform: std::env::consts::OS,
+            device_family: DEVICE_FAMILY,
+        };
+        assert_eq!(
+            d.sign("tok\"en", &scopes, 1_700_000_000_000, "n-1"),
+            device::sign_v3(&seed, &d.id, &fields, 1_700_000_000_000, "n-1")
+        );
+    }
+
+    #[test]
+    fn connect_frame_matches_the_json_built_one() {
+        let d = DeviceIdentity::from_seed(&[9u8; 32]);
+        let scopes = vec!["operator.read".to_string(), "operator.admin".to_string()];
+        for dev in [false, true] {
+            let token = "t\"\\ok\u{1}en";
+            let sig = d.sign(token, &scopes, 42, "no\"nce");
+            let text = connect_frame(
+                token,
+                &scopes,
+                "inst",
+                dev.then_some((&d, sig.as_str(), 42, "no\"nce")),
+            );
+            let mut params = json!({
+                "minProtocol": 4, "maxProtocol": 4,
+                "client": {"id": "cli", "version": env!("CARGO_PKG_VERSION"), "platform": std::env::consts::OS,
+                           "deviceFamily": "Linux", "mode": "cli", "instanceId": "inst"},
+                "caps": [], "auth": {"token": token}, "role": "operator", "scopes": scopes,
+            });
+            if dev {
+                params["device"] = json!({"id": d.id, "publicKey": d.public_key, "signature": sig, "signedAt": 42, "nonce": "no\"nce"});
+            }
+            let want =
+                json!({"type": "req", "id": "1:connect", "method": "connect", "params": params});
+            let got: Value = serde_json::from_str(&text).expect("valid JSON");
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let mut rng = Rng::seeded(1);
+        let u = uuid_from(&mut rng);
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+        assert_eq!(u.matches('-').count(), 4);
     }
 }
