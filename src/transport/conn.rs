@@ -234,9 +234,7 @@ async fn writer_task(mut wr: OwnedWriteHalf<TcpStream>, ob: Rc<Outbox>) {
         }
         ob.write_done();
         if last {
-            if ob.shutdown_after_close() {
-                let _ = wr.shutdown().await;
-            }
+            let _ = wr.shutdown().await;
             return;
         }
         b.clear();
@@ -286,7 +284,7 @@ async fn ws_session(
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) => {
-                    outbox.close_final(e.close_code(), &e.to_string());
+                    outbox.close(e.close_code(), &e.to_string());
                     break 'conn;
                 }
             };
@@ -325,7 +323,7 @@ async fn ws_session(
                         Some(c) if c != 1005 => c,
                         _ => 1000,
                     };
-                    outbox.close_final(reply, "");
+                    outbox.close(reply, "");
                     break 'conn;
                 }
             }

@@ -66,9 +66,6 @@ pub struct Outbox {
     seq: Cell<u64>,
     dropped: Cell<u64>,
     slow_closed: Cell<bool>,
-    /// The close frame answers the peer's: the socket is dropped right after it is written,
-    /// which sends the FIN, so the writer skips the separate shutdown call.
-    skip_shutdown: Cell<bool>,
     budget: Budget,
     canceller: RefCell<Option<Canceller>>,
 }
@@ -81,7 +78,6 @@ impl Outbox {
             seq: Cell::new(0),
             dropped: Cell::new(0),
             slow_closed: Cell::new(false),
-            skip_shutdown: Cell::new(false),
             budget,
             canceller: RefCell::new(Some(Canceller::new())),
         }
@@ -223,18 +219,6 @@ impl Outbox {
         codec::encode_close(&mut st.buf, code, reason);
         st.closing = true;
         Self::wake(&mut st);
-    }
-
-    /// Queue the close frame that ends the connection without waiting for the peer (its own
-    /// close was received, or the stream is broken): the socket is dropped once it is written.
-    pub fn close_final(&self, code: u16, reason: &str) {
-        self.skip_shutdown.set(true);
-        self.close(code, reason);
-    }
-
-    /// Whether the writer should shut down the TCP write side after the close frame.
-    pub fn shutdown_after_close(&self) -> bool {
-        !self.skip_shutdown.get()
     }
 
     /// Stop now: discard queued bytes, stop the writer and interrupt the reader.
