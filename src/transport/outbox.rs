@@ -269,7 +269,13 @@ impl Outbox {
 
     /// Writer side: the in-flight batch was written.
     pub fn write_done(&self) {
-        self.st.borrow_mut().in_flight = 0;
+        let mut st = self.st.borrow_mut();
+        st.in_flight = 0;
+        // Nothing queued meanwhile: an idle socket keeps no write buffer (under load pushes
+        // arrive during the write and the swapped-in buffer is reused).
+        if st.buf.is_empty() {
+            st.buf = Vec::new();
+        }
     }
 }
 
