@@ -181,8 +181,7 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
         }
     };
     let policy = crate::state::policy::SessionPolicy::from_config(&shared.config.parsed);
-    let sessions =
-        crate::state::sessions::SessionOwner::new(shard, policy, shared.opts.workers);
+    let sessions = crate::state::sessions::SessionOwner::new(shard, policy, shared.opts.workers);
     let core = Rc::new(Core::new(id, shared.clone(), devices, sessions));
     let stop = Rc::new(std::cell::Cell::new(false));
 

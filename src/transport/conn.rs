@@ -135,7 +135,16 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             drop(head);
             // A task of its own: the HTTP phase's state is freed instead of riding along for
             // the WebSocket's lifetime (idle-connection memory).
-            let wsf = ws_session(core, stream, peer, buf, upgrade, echo, local, first_deadline);
+            let wsf = ws_session(
+                core,
+                stream,
+                peer,
+                buf,
+                upgrade,
+                echo,
+                local,
+                first_deadline,
+            );
             monoio::spawn(wsf);
             return;
         }

@@ -291,3 +291,130 @@ fn drop_state(st: &mut State) {
         w.wake();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::ws::codec::{Decoder, Message, Role};
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .expect("runtime");
+        rt.block_on(f)
+    }
+
+    fn take(ob: &Outbox) -> (Vec<u8>, bool) {
+        let r = block_on(ob.next_batch(Vec::new())).expect("a batch");
+        ob.write_done();
+        r
+    }
+
+    /// Decode every server frame in `bytes` into (text or "close:<code>").
+    fn frames(bytes: &[u8]) -> Vec<String> {
+        let mut buf = bytes.to_vec();
+        let mut dec = Decoder::new(Role::Client, usize::MAX);
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = dec.next(&mut buf) {
+            out.push(match m {
+                Message::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                Message::Close(c, _) => format!("close:{}", c.unwrap_or(0)),
+                _ => "other".into(),
+            });
+        }
+        out
+    }
+
+    fn budget(drop_threshold: usize, max_buffered: usize) -> Budget {
+        Budget {
+            max_buffered,
+            drop_threshold,
+        }
+    }
+
+    #[test]
+    fn frames_coalesce_into_one_batch_with_per_socket_seq() {
+        let ob = Outbox::new(Budget::default());
+        ob.push_raw(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        let body = br#"{"type":"event","event":"tick","payload":{}"#;
+        assert_eq!(ob.push_event(body, true), Push::Queued);
+        assert_eq!(ob.push_event(body, true), Push::Queued);
+        let (batch, last) = take(&ob);
+        assert!(!last);
+        let head_len = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".len();
+        assert!(batch.starts_with(b"HTTP/1.1 101"));
+        assert_eq!(
+            frames(&batch[head_len..]),
+            vec![
+                r#"{"type":"event","event":"tick","payload":{},"seq":1}"#,
+                r#"{"type":"event","event":"tick","payload":{},"seq":2}"#,
+            ]
+        );
+        assert_eq!(ob.queued(), 0);
+    }
+
+    #[test]
+    fn droppable_events_are_skipped_past_the_threshold_and_leave_a_seq_gap() {
+        let ob = Outbox::new(budget(100, 10_000));
+        let body = [b'x'; 150];
+        assert_eq!(ob.push_event(&body, true), Push::Queued); // 0 queued before: admitted
+        assert_eq!(ob.push_event(&body, true), Push::Dropped); // > 100 queued: skipped
+        assert_eq!(ob.push_frame(OpCode::Text, b"reply"), Push::Queued); // responses never dropped
+        assert_eq!(ob.dropped(), 1);
+        let (batch, _) = take(&ob);
+        assert_eq!(frames(&batch).len(), 2);
+        // The next event carries seq 3: the client sees the gap.
+        ob.push_event(br#"{"a":1"#, true);
+        let (batch, _) = take(&ob);
+        assert_eq!(frames(&batch), vec![r#"{"a":1,"seq":3}"#]);
+    }
+
+    #[test]
+    fn passing_max_buffered_frees_the_backlog_and_leaves_only_a_1008_close() {
+        let ob = Outbox::new(budget(usize::MAX, 1000));
+        let body = [b'y'; 400];
+        assert_eq!(ob.push_event(&body, false), Push::Queued);
+        assert_eq!(ob.push_event(&body, false), Push::Queued);
+        assert_eq!(ob.push_event(&body, false), Push::Closed);
+        assert!(ob.closed_as_slow());
+        assert!(ob.is_closed());
+        assert_eq!(ob.push_frame(OpCode::Text, b"late"), Push::Closed);
+        let (batch, last) = take(&ob);
+        assert!(last, "the close frame ends the stream");
+        assert!(
+            batch.len() < 64,
+            "backlog was not freed: {} bytes",
+            batch.len()
+        );
+        assert_eq!(frames(&batch), vec!["close:1008"]);
+    }
+
+    #[test]
+    fn close_is_final_and_kill_discards_everything() {
+        let ob = Outbox::new(Budget::default());
+        ob.push_frame(OpCode::Text, b"a");
+        ob.close(1000, "bye");
+        ob.close(1011, "ignored: already closing");
+        assert_eq!(ob.push_frame(OpCode::Text, b"b"), Push::Closed);
+        let (batch, last) = take(&ob);
+        assert!(last);
+        assert_eq!(frames(&batch), vec!["a".to_string(), "close:1000".into()]);
+        // Nothing after the close frame.
+        assert!(block_on(ob.next_batch(Vec::new())).is_none());
+
+        let ob = Outbox::new(Budget::default());
+        ob.push_frame(OpCode::Text, b"never sent");
+        ob.kill();
+        assert!(ob.is_dead());
+        assert_eq!(ob.queued(), 0);
+        assert!(block_on(ob.next_batch(Vec::new())).is_none());
+    }
+
+    #[test]
+    fn an_idle_outbox_holds_no_buffer_after_a_write() {
+        let ob = Outbox::new(Budget::default());
+        ob.push_frame(OpCode::Text, &[b'z'; 300]);
+        let _ = take(&ob);
+        assert_eq!(ob.st.borrow().buf.capacity(), 0);
+    }
+}
