@@ -146,12 +146,31 @@ pub fn encode_event_body(
     push_json_str(&mut out, event);
     out.extend_from_slice(br#","payload":"#);
     let _ = serde_json::to_writer(&mut out, payload);
+    push_state_version(&mut out, state_version);
+    out
+}
+
+/// [`encode_event_body`] from an already-serialized payload (a cached snapshot).
+pub fn encode_event_body_raw(
+    event: &str,
+    payload_json: &[u8],
+    state_version: Option<(u64, u64)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + payload_json.len());
+    out.extend_from_slice(br#"{"type":"event","event":"#);
+    push_json_str(&mut out, event);
+    out.extend_from_slice(br#","payload":"#);
+    out.extend_from_slice(payload_json);
+    push_state_version(&mut out, state_version);
+    out
+}
+
+fn push_state_version(out: &mut Vec<u8>, state_version: Option<(u64, u64)>) {
     if let Some((presence, health)) = state_version {
         out.extend_from_slice(
             format!(r#","stateVersion":{{"presence":{presence},"health":{health}}}"#).as_bytes(),
         );
     }
-    out
 }
 
 /// The per-socket tail `,"seq":N}` of an event frame (written into `buf`, returns its length).
@@ -216,6 +235,10 @@ mod tests {
     #[test]
     fn event_body_plus_tail_is_valid_json() {
         let body = encode_event_body("tick", &serde_json::json!({"ts":1}), Some((2, 3)));
+        assert_eq!(
+            body,
+            encode_event_body_raw("tick", br#"{"ts":1}"#, Some((2, 3)))
+        );
         let mut tail = [0u8; 32];
         let n = seq_tail(&mut tail, 42);
         let mut frame = body.clone();

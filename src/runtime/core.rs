@@ -19,7 +19,7 @@ use super::mesh::Mesh;
 use super::reply::ReplySlot;
 use crate::auth::scopes;
 use crate::config::{AuthMode, Config};
-use crate::protocol::frames::encode_event_body;
+use crate::protocol::frames::{encode_event_body, encode_event_body_raw};
 use crate::store::devices::{DeviceRegistry, PairedDevice, PairingRequest};
 use crate::transport::outbox::{Budget, Outbox, Push};
 
@@ -394,8 +394,17 @@ impl Core {
         scope: Option<&'static str>,
         droppable: bool,
     ) {
+        self.publish_body(
+            encode_event_body(event, payload, state_version),
+            scope,
+            droppable,
+        );
+    }
+
+    /// [`Core::publish`] of an already-encoded event body (no `seq`).
+    fn publish_body(&self, body: Vec<u8>, scope: Option<&'static str>, droppable: bool) {
         let b = Arc::new(Broadcast {
-            body: encode_event_body(event, payload, state_version),
+            body,
             scope,
             droppable,
         });
@@ -739,11 +748,17 @@ impl Core {
                     .send(self.id, to, MeshMsg::PresenceSnapshot(snap.clone()));
             }
         }
-        let payload = serde_json::json!({ "presence": snap.entries });
-        self.publish(
-            "presence",
-            &payload,
-            Some((version, self.health_version.get())),
+        // The payload `{"presence":[…]}` reuses the snapshot's serialized list.
+        let mut payload = Vec::with_capacity(snap.json.len() + 16);
+        payload.extend_from_slice(br#"{"presence":"#);
+        payload.extend_from_slice(&snap.json);
+        payload.push(b'}');
+        self.publish_body(
+            encode_event_body_raw(
+                "presence",
+                &payload,
+                Some((version, self.health_version.get())),
+            ),
             None,
             true,
         );
