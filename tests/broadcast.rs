@@ -107,3 +107,53 @@ fn long_lived_clients_join_presence_and_leave_on_disconnect() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_burst_of_joins_is_coalesced_into_few_presence_broadcasts_ending_with_the_full_list() {
+    let g = Gateway::start("uring");
+    let mut admin = g.connect(&["operator.admin"]);
+    const JOINS: usize = 120;
+    let url = g.url();
+    let token = g.token.clone();
+    // 4 threads join at once: a burst of presence changes on core 0.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, token) = (url.clone(), token.clone());
+            std::thread::spawn(move || {
+                let o = clawgate::client::ConnectOptions {
+                    token: Some(token),
+                    client_id: "openclaw-tui".into(),
+                    client_mode: "ui".into(),
+                    ..clawgate::client::ConnectOptions::default()
+                };
+                (0..JOINS / 4)
+                    .map(|_| Client::connect(&url, &o).unwrap().0)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let clients: Vec<Client> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(clients.len(), JOINS);
+    // The trailing publish carries every row; count the broadcasts until then.
+    let mut broadcasts = 0;
+    loop {
+        let ev = next_presence(&mut admin);
+        broadcasts += 1;
+        let ui = ev["payload"]["presence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["mode"] == "ui")
+            .count();
+        if ui == JOINS {
+            break;
+        }
+    }
+    assert!(
+        broadcasts < JOINS / 2,
+        "{broadcasts} presence broadcasts for {JOINS} joins: not coalesced"
+    );
+}

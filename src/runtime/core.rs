@@ -247,6 +247,11 @@ pub struct Core {
     /// Serialized health snapshot and when it was built (uptime ms); rebuilt at most once per
     /// [`HEALTH_CACHE_MS`] so `health` RPCs cost a copy, not a JSON build.
     health_json: RefCell<Option<(i64, Rc<Vec<u8>>)>>,
+    /// Core 0 only: a presence change is waiting for the next publish, when the last one
+    /// went out, and the flusher task to wake (see [`Core::presence_changed`]).
+    presence_dirty: Cell<bool>,
+    presence_published_at: Cell<Option<Instant>>,
+    presence_flusher: RefCell<Option<std::task::Waker>>,
     /// Core 0 only: runs holding a global slot, and the requests waiting for one (FIFO).
     run_slots_used: Cell<usize>,
     run_slot_waiters: RefCell<VecDeque<Arc<ReplySlot<()>>>>,
@@ -262,6 +267,13 @@ impl Drop for RunSlot {
         self.core.release_run_slot();
     }
 }
+
+/// The "core" part of presence keys for rows set by `system-event` (not a connection).
+const SYSTEM_EVENT_PRESENCE: usize = usize::MAX;
+
+/// Core 0 publishes connection joins/leaves at most once per this interval (the latest list
+/// wins); `system-event` updates are published each time.
+pub const PRESENCE_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long a serialized health snapshot is reused.
 pub const HEALTH_CACHE_MS: i64 = 1000;
@@ -287,6 +299,9 @@ impl Core {
             relay_drops: Cell::new(0),
             sessions,
             health_json: RefCell::new(None),
+            presence_dirty: Cell::new(false),
+            presence_published_at: Cell::new(None),
+            presence_flusher: RefCell::new(None),
             run_slots_used: Cell::new(0),
             run_slot_waiters: RefCell::new(VecDeque::new()),
         };
@@ -467,11 +482,17 @@ impl Core {
             MeshMsg::Pair(job, reply) => reply.send(self.pair_as_owner(&job)),
             MeshMsg::PresenceJoin(k, v) => {
                 self.presence_master.borrow_mut().insert(k, v);
-                self.publish_presence();
+                if k.0 == SYSTEM_EVENT_PRESENCE {
+                    // An explicit `system-event`: each one is broadcast (it may carry text
+                    // that a coalesced publish would hide).
+                    self.publish_presence();
+                } else {
+                    self.presence_changed();
+                }
             }
             MeshMsg::PresenceLeave(k) => {
                 if self.presence_master.borrow_mut().remove(&k).is_some() {
-                    self.publish_presence();
+                    self.presence_changed();
                 }
             }
             MeshMsg::PresenceSnapshot(s) => *self.presence.borrow_mut() = s,
@@ -715,7 +736,7 @@ impl Core {
 
     /// A `system-event` presence row (keyed by instance/device/host), upserted on core 0.
     pub fn presence_event(&self, key: u64, entry: Value) {
-        let key = (usize::MAX, key);
+        let key = (SYSTEM_EVENT_PRESENCE, key);
         self.to_owner(MeshMsg::PresenceJoin(key, entry));
     }
 
@@ -723,6 +744,52 @@ impl Core {
     pub fn presence_leave(&self, conn: u64) {
         let key = (self.id, conn);
         self.to_owner(MeshMsg::PresenceLeave(key));
+    }
+
+    /// Core 0: a connection joined or left presence. Published at once unless the last publish was less
+    /// than [`PRESENCE_MIN_INTERVAL`] ago; then the flusher publishes the latest list when the
+    /// interval ends. Every publish carries the whole list, so a burst of N joins costs a few
+    /// publishes instead of N (each O(N) to build and sent to every operator).
+    fn presence_changed(&self) {
+        let recent = self
+            .presence_published_at
+            .get()
+            .is_some_and(|at| at.elapsed() < PRESENCE_MIN_INTERVAL);
+        if recent || self.presence_dirty.get() {
+            self.presence_dirty.set(true);
+            if let Some(w) = self.presence_flusher.borrow_mut().take() {
+                w.wake();
+            }
+        } else {
+            self.publish_presence();
+        }
+    }
+
+    /// Core 0's task that publishes coalesced presence changes (ends when `stop` is set).
+    pub async fn presence_flusher(self: Rc<Self>, stop: Rc<Cell<bool>>) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.presence_dirty.get() || stop.get() {
+                    std::task::Poll::Ready(())
+                } else {
+                    *self.presence_flusher.borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            if stop.get() {
+                return;
+            }
+            if let Some(at) = self.presence_published_at.get() {
+                let wait = PRESENCE_MIN_INTERVAL.saturating_sub(at.elapsed());
+                if !wait.is_zero() {
+                    monoio::time::sleep(wait).await;
+                }
+            }
+            if self.presence_dirty.get() {
+                self.publish_presence();
+            }
+        }
     }
 
     fn build_presence(&self, version: u64) -> PresenceSnap {
@@ -737,6 +804,8 @@ impl Core {
     }
 
     fn publish_presence(&self) {
+        self.presence_dirty.set(false);
+        self.presence_published_at.set(Some(Instant::now()));
         let version = self.presence.borrow().version + 1;
         let snap = Arc::new(self.build_presence(version));
         *self.presence.borrow_mut() = snap.clone();
