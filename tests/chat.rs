@@ -217,6 +217,66 @@ fn max_concurrent_is_one_gateway_wide_cap_across_cores() {
 }
 
 #[test]
+fn a_run_aborted_while_waiting_for_a_slot_ends_at_once_and_the_slot_is_not_lost() {
+    let g = Gateway::start_with(Opts {
+        config: Some(r#"{ agents: { defaults: { maxConcurrent: 1 } } }"#),
+        ..Opts::default()
+    });
+    let mut c = g.connect(RW);
+    let k0 = key_on_shard(0, None);
+    let k1 = key_on_shard(1, None);
+    c.call(
+        "chat.send",
+        json!({"sessionKey": k0, "message": "/slow a b c d e f g h", "idempotencyKey": "w0"}),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    c.call(
+        "chat.send",
+        json!({"sessionKey": k1, "message": "queued", "idempotencyKey": "w1"}),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = c.call("chat.abort", json!({"sessionKey": k1})).unwrap();
+    assert_eq!(r["runIds"], json!(["w1"]));
+    // w1's `aborted` arrives while w0 (holding the only slot) is still streaming.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut pending = std::mem::take(&mut c.events);
+    while !order.iter().any(|(r, s)| r == "w0" && s == "final") {
+        assert!(Instant::now() < deadline, "w0 did not finish: {order:?}");
+        let v = if pending.is_empty() {
+            c.next_json().unwrap()
+        } else {
+            pending.remove(0)
+        };
+        if v["event"] == "chat" {
+            order.push((
+                v["payload"]["runId"].as_str().unwrap().to_string(),
+                v["payload"]["state"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let aborted = order
+        .iter()
+        .position(|(r, s)| r == "w1" && s == "aborted")
+        .unwrap_or_else(|| panic!("w1 never reported aborted: {order:?}"));
+    let w0_final = order.iter().position(|(r, s)| r == "w0" && s == "final");
+    assert!(
+        Some(aborted) < w0_final,
+        "the queued run's abort waited for the slot: {order:?}"
+    );
+    // The slot the aborted request was granted later came back: a new run still runs.
+    c.call(
+        "chat.send",
+        json!({"sessionKey": k1, "message": "after", "idempotencyKey": "w2"}),
+    )
+    .unwrap();
+    let events = chat_until_done(&mut c, "w2", Duration::from_secs(10));
+    assert_eq!(events.last().unwrap()["state"], "final");
+}
+
+#[test]
 fn abort_from_another_client_stops_the_run() {
     let g = Gateway::start("uring");
     let mut a = g.connect(RW);

@@ -223,11 +223,17 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-fn verifying_key(raw: &[u8; 32]) -> Option<VerifyingKey> {
+/// The key for `raw`, from the cache or decompressed; `true` when it came from the cache.
+fn verifying_key(raw: &[u8; 32]) -> Option<(VerifyingKey, bool)> {
     if let Some(k) = KEY_CACHE.with(|c| c.borrow().get(raw).copied()) {
-        return Some(k);
+        return Some((k, true));
     }
-    let key = VerifyingKey::from_bytes(raw).ok()?;
+    VerifyingKey::from_bytes(raw).ok().map(|k| (k, false))
+}
+
+/// Cache a key only once a signature made with it verified, so unauthenticated peers cannot
+/// churn the cache with random keys.
+fn remember_key(raw: &[u8; 32], key: VerifyingKey) {
     KEY_CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.len() >= KEY_CACHE_MAX {
@@ -235,7 +241,6 @@ fn verifying_key(raw: &[u8; 32]) -> Option<VerifyingKey> {
         }
         c.insert(*raw, key);
     });
-    Some(key)
 }
 
 /// Verify a device proof in the real server's order (id → skew → nonce → signature v3/v2).
@@ -275,7 +280,7 @@ pub fn verify(
         .and_then(|v| v.try_into().ok())
         .ok_or(DeviceAuthError::SignatureInvalid)?;
     let sig = Signature::from_bytes(&sig_bytes);
-    let key = verifying_key(&raw).ok_or(DeviceAuthError::SignatureInvalid)?;
+    let (key, cached) = verifying_key(&raw).ok_or(DeviceAuthError::SignatureInvalid)?;
     let v3 = payload_v3(&device_id, fields, proof.signed_at, nonce);
     let ok = key.verify_strict(v3.as_bytes(), &sig).is_ok() || {
         let v2 = payload_v2(&device_id, fields, proof.signed_at, nonce);
@@ -283,6 +288,9 @@ pub fn verify(
     };
     if !ok {
         return Err(DeviceAuthError::SignatureInvalid);
+    }
+    if !cached {
+        remember_key(&raw, key);
     }
     Ok(VerifiedDevice {
         device_id,

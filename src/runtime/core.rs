@@ -672,7 +672,7 @@ impl Core {
 
     /// Wait for one of the gateway-wide `agents.defaults.maxConcurrent` run slots. Core 0
     /// counts them (one hop each way from other cores); waiters are served in arrival order.
-    pub async fn acquire_run_slot(self: &Rc<Self>) -> RunSlot {
+    pub async fn acquire_run_slot(self: Rc<Self>) -> RunSlot {
         let reply = ReplySlot::new();
         if self.id == 0 {
             self.run_slot_request(reply.clone());
@@ -685,7 +685,7 @@ impl Core {
             }
         }
         reply.wait().await;
-        RunSlot { core: self.clone() }
+        RunSlot { core: self }
     }
 
     fn release_run_slot(self: &Rc<Self>) {
@@ -694,6 +694,10 @@ impl Core {
             return;
         }
         if let Err(msg) = self.shared.mesh.send(self.id, 0, MeshMsg::RunSlotRelease) {
+            // At shutdown the count no longer matters (and the runtime may be gone).
+            if self.shared.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
             // Never lose a release (the slot would leak): retry from a task.
             let core = self.clone();
             monoio::spawn(async move {

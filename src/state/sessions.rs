@@ -541,19 +541,23 @@ async fn drive_lane(core: Rc<Core>, key: String) {
         let run = core.sessions.runs.borrow().get(&run_id).cloned();
         if let Some(run) = run {
             if run.abort.is_aborted() {
-                run.started_at.set(now_ms());
-                emit_chat(
-                    &core,
-                    &run_id,
-                    &run.key,
-                    1,
-                    json!({"state": "aborted", "stopReason": "aborted"}),
-                    false,
-                );
-                run.finish(RunStatus::Aborted);
+                report_aborted_before_start(&core, &run_id, &run);
             } else {
-                let _slot = core.acquire_run_slot().await;
-                execute(&core, &run_id, &run).await;
+                // Wait for a gateway-wide slot, but an abort while queued is reported at once:
+                // the pending request then lives on in a task that hands the slot straight
+                // back when core 0 grants it.
+                let mut acquire = Box::pin(core.clone().acquire_run_slot());
+                let slot = monoio::select! {
+                    s = &mut acquire => Some(s),
+                    _ = run.abort.aborted() => None,
+                };
+                match slot {
+                    Some(_slot) => execute(&core, &run_id, &run).await,
+                    None => {
+                        monoio::spawn(async move { drop(acquire.await) });
+                        report_aborted_before_start(&core, &run_id, &run);
+                    }
+                }
             }
         }
         let mut lanes = core.sessions.lanes.borrow_mut();
@@ -567,6 +571,20 @@ async fn drive_lane(core: Rc<Core>, key: String) {
             break;
         }
     }
+}
+
+/// A run aborted before it got to run: its one `aborted` event.
+fn report_aborted_before_start(core: &Core, run_id: &str, run: &Run) {
+    run.started_at.set(now_ms());
+    emit_chat(
+        core,
+        run_id,
+        &run.key,
+        1,
+        json!({"state": "aborted", "stopReason": "aborted"}),
+        false,
+    );
+    run.finish(RunStatus::Aborted);
 }
 
 fn emit_chat(core: &Core, run_id: &str, key: &str, seq: u64, extra: Value, droppable: bool) {
