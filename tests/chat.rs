@@ -39,10 +39,20 @@ fn chat_until_done(c: &mut Client, run_id: &str, within: Duration) -> Vec<Value>
 
 /// (runId, state) of every chat event until `finals` runs have ended.
 fn chat_states_until_finals(c: &mut Client, finals: usize) -> Vec<(String, String)> {
+    chat_states_until(c, |order| {
+        order.iter().filter(|(_, s)| s == "final").count() >= finals
+    })
+}
+
+/// (runId, state) of every chat event until `done(&order)` holds (20 s at most).
+fn chat_states_until(
+    c: &mut Client,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut pending = std::mem::take(&mut c.events);
     let mut order: Vec<(String, String)> = Vec::new();
-    while order.iter().filter(|(_, s)| s == "final").count() < finals {
+    while !done(&order) {
         assert!(Instant::now() < deadline, "runs did not finish: {order:?}");
         let v = if pending.is_empty() {
             c.next_json().unwrap()
@@ -57,6 +67,23 @@ fn chat_states_until_finals(c: &mut Client, finals: usize) -> Vec<(String, Strin
         }
     }
     order
+}
+
+/// `chat.send` that must be accepted.
+fn send(c: &mut Client, key: &str, message: &str, idem: &str) {
+    c.call(
+        "chat.send",
+        json!({"sessionKey": key, "message": message, "idempotencyKey": idem}),
+    )
+    .unwrap();
+}
+
+/// A gateway whose `agents.defaults.maxConcurrent` is 1.
+fn gateway_with_one_run_slot() -> Gateway {
+    Gateway::start_with(Opts {
+        config: Some(r#"{ agents: { defaults: { maxConcurrent: 1 } } }"#),
+        ..Opts::default()
+    })
 }
 
 fn key_on_shard(shard: usize, not: Option<&str>) -> String {
@@ -181,23 +208,10 @@ fn one_session_runs_in_order_two_sessions_run_in_parallel_on_different_cores() {
 fn max_concurrent_is_one_gateway_wide_cap_across_cores() {
     // maxConcurrent 1 with 2 workers: sessions owned by different cores still run one at a
     // time (the cap is global, not split per core), and the queued run is not dropped.
-    let g = Gateway::start_with(Opts {
-        config: Some(r#"{ agents: { defaults: { maxConcurrent: 1 } } }"#),
-        ..Opts::default()
-    });
+    let g = gateway_with_one_run_slot();
     let mut c = g.connect(RW);
-    let k0 = key_on_shard(0, None);
-    let k1 = key_on_shard(1, None);
-    c.call(
-        "chat.send",
-        json!({"sessionKey": k0, "message": "/slow a b c d", "idempotencyKey": "q0"}),
-    )
-    .unwrap();
-    c.call(
-        "chat.send",
-        json!({"sessionKey": k1, "message": "/slow e f g h", "idempotencyKey": "q1"}),
-    )
-    .unwrap();
+    send(&mut c, &key_on_shard(0, None), "/slow a b c d", "q0");
+    send(&mut c, &key_on_shard(1, None), "/slow e f g h", "q1");
     let order = chat_states_until_finals(&mut c, 2);
     let pos = |run: &str, final_only: bool| {
         order
@@ -218,45 +232,22 @@ fn max_concurrent_is_one_gateway_wide_cap_across_cores() {
 
 #[test]
 fn a_run_aborted_while_waiting_for_a_slot_ends_at_once_and_the_slot_is_not_lost() {
-    let g = Gateway::start_with(Opts {
-        config: Some(r#"{ agents: { defaults: { maxConcurrent: 1 } } }"#),
-        ..Opts::default()
-    });
+    let g = gateway_with_one_run_slot();
     let mut c = g.connect(RW);
-    let k0 = key_on_shard(0, None);
     let k1 = key_on_shard(1, None);
-    c.call(
-        "chat.send",
-        json!({"sessionKey": k0, "message": "/slow a b c d e f g h", "idempotencyKey": "w0"}),
-    )
-    .unwrap();
+    send(
+        &mut c,
+        &key_on_shard(0, None),
+        "/slow a b c d e f g h",
+        "w0",
+    );
     std::thread::sleep(Duration::from_millis(100));
-    c.call(
-        "chat.send",
-        json!({"sessionKey": k1, "message": "queued", "idempotencyKey": "w1"}),
-    )
-    .unwrap();
+    send(&mut c, &k1, "queued", "w1");
     std::thread::sleep(Duration::from_millis(200));
     let r = c.call("chat.abort", json!({"sessionKey": k1})).unwrap();
     assert_eq!(r["runIds"], json!(["w1"]));
     // w1's `aborted` arrives while w0 (holding the only slot) is still streaming.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut order: Vec<(String, String)> = Vec::new();
-    let mut pending = std::mem::take(&mut c.events);
-    while !order.iter().any(|(r, s)| r == "w0" && s == "final") {
-        assert!(Instant::now() < deadline, "w0 did not finish: {order:?}");
-        let v = if pending.is_empty() {
-            c.next_json().unwrap()
-        } else {
-            pending.remove(0)
-        };
-        if v["event"] == "chat" {
-            order.push((
-                v["payload"]["runId"].as_str().unwrap().to_string(),
-                v["payload"]["state"].as_str().unwrap().to_string(),
-            ));
-        }
-    }
+    let order = chat_states_until(&mut c, |o| o.iter().any(|(r, s)| r == "w0" && s == "final"));
     let aborted = order
         .iter()
         .position(|(r, s)| r == "w1" && s == "aborted")
@@ -267,11 +258,7 @@ fn a_run_aborted_while_waiting_for_a_slot_ends_at_once_and_the_slot_is_not_lost(
         "the queued run's abort waited for the slot: {order:?}"
     );
     // The slot the aborted request was granted later came back: a new run still runs.
-    c.call(
-        "chat.send",
-        json!({"sessionKey": k1, "message": "after", "idempotencyKey": "w2"}),
-    )
-    .unwrap();
+    send(&mut c, &k1, "after", "w2");
     let events = chat_until_done(&mut c, "w2", Duration::from_secs(10));
     assert_eq!(events.last().unwrap()["state"], "final");
 }
