@@ -585,12 +585,7 @@ impl Conn {
         if !self.rd.fill_for(&mut self.io, wait).await? {
             return Ok(false);
         }
-        let d = self.drain(on_text)?;
-        self.flush().await?;
-        match d {
-            Drained::More => Ok(true),
-            Drained::Closed(code) => Err(LoadError::Closed(code)),
-        }
+        self.drain_and_answer(on_text).await
     }
 
     /// Read once (no timer; `cancel` ends the wait), decode everything, write pongs.
@@ -603,6 +598,11 @@ impl Conn {
         if !self.rd.fill_cancelable(&mut self.io, cancel).await? {
             return Ok(false);
         }
+        self.drain_and_answer(on_text).await
+    }
+
+    /// After a read: decode everything buffered, write the pongs; `Err(Closed)` on a close.
+    async fn drain_and_answer(&mut self, on_text: &mut dyn FnMut(&[u8])) -> Res<bool> {
         let d = self.drain(on_text)?;
         self.flush().await?;
         match d {
