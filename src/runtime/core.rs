@@ -769,11 +769,12 @@ impl Core {
         }
     }
 
-    /// Core 0's task that publishes coalesced presence changes (ends when `stop` is set).
-    pub async fn presence_flusher(self: Rc<Self>, stop: Rc<Cell<bool>>) {
+    /// Core 0's task that publishes coalesced presence changes. It parks between changes and
+    /// lives as long as the core's runtime.
+    pub async fn presence_flusher(self: Rc<Self>) {
         loop {
             std::future::poll_fn(|cx| {
-                if self.presence_dirty.get() || stop.get() {
+                if self.presence_dirty.get() {
                     std::task::Poll::Ready(())
                 } else {
                     *self.presence_flusher.borrow_mut() = Some(cx.waker().clone());
@@ -781,9 +782,6 @@ impl Core {
                 }
             })
             .await;
-            if stop.get() {
-                return;
-            }
             if let Some(at) = self.presence_published_at.get() {
                 let wait = PRESENCE_MIN_INTERVAL.saturating_sub(at.elapsed());
                 if !wait.is_zero() {

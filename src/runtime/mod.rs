@@ -187,7 +187,7 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
 
     monoio::spawn(ticker(core.clone(), stop.clone()));
     if id == 0 {
-        monoio::spawn(core.clone().presence_flusher(stop.clone()));
+        monoio::spawn(core.clone().presence_flusher());
     }
     let accept = monoio::spawn(accept_loop(core.clone(), listener, stop.clone()));
     shared.accepting.fetch_add(1, Ordering::AcqRel);
