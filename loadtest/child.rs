@@ -376,6 +376,22 @@ pub async fn hold(ctx: Rc<Ctx>, conns: usize) {
 // ---------------------------------------------------------------------------------------
 // rpc
 
+/// `--method a,b,c`: the methods a connection rotates through (an RPC mix); `health` when
+/// the list is empty.
+fn method_mix(spec: &str) -> Vec<String> {
+    let v: Vec<String> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(String::from)
+        .collect();
+    if v.is_empty() {
+        vec!["health".into()]
+    } else {
+        v
+    }
+}
+
 /// rpc options.
 pub struct RpcOpts {
     /// Connections (all children).
@@ -417,11 +433,11 @@ pub async fn rpc(ctx: Rc<Ctx>, o: RpcOpts) {
     let st = Rc::new(St::default());
     let st2 = st.clone();
     let k_pipe = o.pipeline.max(1);
-    let method = Rc::new(o.method.clone());
+    let methods = Rc::new(method_mix(&o.method));
     let spec = ctx.token_auth(&["operator.read"]);
     let setup = establish(&ctx, n, move |_| spec.clone(), move |_k, mut c, _h| {
         let st = st2.clone();
-        let method = method.clone();
+        let methods = methods.clone();
         async move {
             // Wait for the start while answering pings.
             let deadline = loop {
@@ -443,6 +459,7 @@ pub async fn rpc(ctx: Rc<Ctx>, o: RpcOpts) {
                 let now = Instant::now();
                 if now < deadline {
                     while inflight.len() < k_pipe {
+                        let method = &methods[next_id as usize % methods.len()];
                         let req = format!(r#"{{"type":"req","id":"{next_id}","method":"{method}","params":{{}}}}"#);
                         c.queue_text(req.as_bytes());
                         inflight.push((next_id, Instant::now()));
@@ -876,10 +893,17 @@ async fn rpc_open(ctx: Rc<Ctx>, o: RpcOpts) {
     let t_start = now_us();
     let src = start_tick_thread(start, tick);
     let conns: Vec<Rc<OlConn>> = st.conns.borrow().clone();
-    let method = serde_json::to_string(&o.method).unwrap_or_else(|_| "\"health\"".into());
     let head = br#"{"type":"req","id":""#.to_vec();
-    let tail = format!(r#"","method":{method},"params":{{}}}}"#).into_bytes();
-    let mut req = Vec::with_capacity(head.len() + tail.len() + 20);
+    // One request tail per method of the mix, used in rotation.
+    let tails: Vec<Vec<u8>> = method_mix(&o.method)
+        .iter()
+        .map(|m| {
+            let m = serde_json::to_string(m).unwrap_or_else(|_| "\"health\"".into());
+            format!(r#"","method":{m},"params":{{}}}}"#).into_bytes()
+        })
+        .collect();
+    let mut req = Vec::with_capacity(head.len() + 64);
+    let mut nth: usize = 0;
     let mut max_behind = Duration::ZERO;
     let batch = o.batch.max(1);
     let mut rr = 0usize;
@@ -906,9 +930,10 @@ async fn rpc_open(ctx: Rc<Ctx>, o: RpcOpts) {
                 let cum = ((j + 1) as f64 * per_tick).floor() as u64;
                 let due_us = st.mono_us(due_j);
                 for _ in cum_prev..cum {
-                    if let Some(oc) = conns.get(rr) {
-                        st.dispatch(oc, due_us, &head, &tail, &mut req);
+                    if let (Some(oc), Some(tail)) = (conns.get(rr), tails.get(nth % tails.len())) {
+                        st.dispatch(oc, due_us, &head, tail, &mut req);
                     }
+                    nth = nth.wrapping_add(1);
                     in_batch += 1;
                     if in_batch >= batch {
                         in_batch = 0;
@@ -976,6 +1001,9 @@ pub struct FanOpts {
     pub run_b: bool,
     /// SO_RCVBUF of the slow subscribers (None = kernel default / autotuning).
     pub slow_rcvbuf: Option<usize>,
+    /// Chat scenario: the "events" are agent runs (`chat.send`), a subscriber is a watcher
+    /// of every run's `chat` stream, and a run counts as delivered at its terminal event.
+    pub chat: bool,
 }
 
 #[derive(Default)]
@@ -1011,6 +1039,11 @@ struct FanSt {
     n_fast: Cell<usize>,
     /// Last presence body seen and its fast-path result (`None` = serde fallback).
     memo: RefCell<(Vec<u8>, Option<frames::Mark>)>,
+    /// Chat scenario: every `chat` event of a load run received (deltas and terminals).
+    stream_events: Cell<u64>,
+    last_stream_us: Cell<u64>,
+    /// Chat scenario: send → first `chat` event of the run, per watcher.
+    hist_first: RefCell<Hist>,
 }
 
 fn min_nonzero(a: u64, b: u64) -> u64 {
@@ -1031,12 +1064,20 @@ struct SubView {
     seen: Vec<u64>, // bitset of received indices (duplicate detection)
     /// In the detect phase nothing is recorded.
     detecting: bool,
+    /// Chat scenario (see [`FanOpts::chat`]).
+    chat: bool,
+    /// Chat scenario: bitset of runs whose first event was seen.
+    started: Vec<u64>,
 }
 
 impl SubView {
     /// One text frame: presence events take the byte-scan fast path; everything else (and
     /// any presence frame the fast path does not recognise) goes through serde.
     fn on_text(&mut self, st: &FanSt, t: &[u8]) {
+        if self.chat {
+            self.on_chat_text(st, t);
+            return;
+        }
         if let Some((body, seq)) = frames::split_presence(t) {
             // Every subscriber of this child receives the same broadcast body: scan it
             // once and reuse the result while the bytes are identical.
@@ -1061,6 +1102,31 @@ impl SubView {
             return;
         };
         self.on_event(st, f.seq, f.publisher_mark(), f.ty == "event");
+    }
+
+    /// Chat scenario: every event of a load run is a streamed delivery; the run's terminal
+    /// event is its "delivery" for the completeness/latency bookkeeping of run A.
+    fn on_chat_text(&mut self, st: &FanSt, t: &[u8]) {
+        let Some(f) = frames::parse(t) else {
+            st.bad_frames.set(st.bad_frames.get() + 1);
+            return;
+        };
+        let Some((i, ts, terminal)) = f.chat_mark() else {
+            self.on_event(st, f.seq, None, f.ty == "event");
+            return;
+        };
+        let now = now_us();
+        st.stream_events.set(st.stream_events.get() + 1);
+        st.last_stream_us.set(st.last_stream_us.get().max(now));
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if let Some(word) = self.started.get_mut(w) {
+            if *word & (1 << b) == 0 {
+                *word |= 1 << b;
+                st.hist_first.borrow_mut().record(now.saturating_sub(ts));
+            }
+        }
+        // Deltas only advance seq; the terminal event counts as the run's delivery.
+        self.on_event(st, f.seq, terminal.then_some((i, ts)), false);
     }
 
     fn on_event(&mut self, st: &FanSt, seq: Option<u64>, mark: Option<(u64, u64)>, is_event: bool) {
@@ -1148,6 +1214,8 @@ async fn subscriber(
         got_b: 0,
         seen: vec![0; words],
         detecting: false,
+        chat: o.chat,
+        started: if o.chat { vec![0; words] } else { Vec::new() },
     };
     if slow {
         // Read through run A (baseline) only, then stop reading entirely.
@@ -1325,5 +1393,7 @@ pub async fn fan(ctx: Rc<Ctx>, o: FanOpts) {
         "other_events": st.other_events.get(), "lost": st.lost.borrow().to_json(),
         "slow_closed": st.slow_closed.borrow().to_json(), "slow_alive": st.slow_alive.get(), "slow_late_events": st.slow_late_events.get(),
         "loadgen_rss_kb": rss, "loadgen_cpu_s": crate::stats::self_cpu_secs(),
+        "stream_events": st.stream_events.get(), "last_stream_us": st.last_stream_us.get(),
+        "hist_first": st.hist_first.borrow().to_json(),
     }));
 }

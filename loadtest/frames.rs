@@ -47,6 +47,12 @@ pub struct Payload<'a> {
     /// `presence` event list.
     #[serde(default, borrow)]
     pub presence: Option<Vec<PresenceEntry<'a>>>,
+    /// `chat` event run id (the chat scenario's `load-<i>-<send_ts_us>`).
+    #[serde(default, rename = "runId", borrow)]
+    pub run_id: Option<Cow<'a, str>>,
+    /// `chat` event state (`delta`, `final`, `error`, `aborted`).
+    #[serde(default, borrow)]
+    pub state: Option<Cow<'a, str>>,
 }
 
 /// One presence row (only the two fields the fan-out reads).
@@ -114,6 +120,20 @@ pub fn parse(text: &[u8]) -> Option<Frame<'_>> {
 }
 
 impl Frame<'_> {
+    /// For a `chat` event of a load run: `(index, send_ts_us, terminal)` from its runId
+    /// `load-<i>-<send_ts_us>`; terminal = `final`, `error` or `aborted`.
+    pub fn chat_mark(&self) -> Option<(u64, u64, bool)> {
+        if self.event.as_deref() != Some("chat") {
+            return None;
+        }
+        let p = self.payload.as_ref()?;
+        let mut it = p.run_id.as_deref()?.strip_prefix("load-")?.split('-');
+        let i = it.next()?.parse().ok()?;
+        let ts = it.next()?.parse().ok()?;
+        let terminal = matches!(p.state.as_deref(), Some("final" | "error" | "aborted"));
+        Some((i, ts, terminal))
+    }
+
     /// `detail-code` or `code` of a failed response, for error counting.
     pub fn error_kind(&self) -> String {
         let Some(e) = &self.error else {
@@ -658,6 +678,19 @@ mod tests {
         let f = parse(t).expect("parses");
         assert_eq!(f.seq, Some(5));
         assert_eq!(f.publisher_mark(), Some((7, 1_700_000_000_000_000)));
+    }
+
+    #[test]
+    fn chat_mark_reads_the_load_run_id() {
+        let t = br#"{"type":"event","event":"chat","payload":{"runId":"load-12-1700000000000001","sessionKey":"agent:main:load-chat-0","seq":3,"state":"delta","message":{"role":"assistant"}},"seq":9}"#;
+        let f = parse(t).expect("parses");
+        assert_eq!(f.chat_mark(), Some((12, 1_700_000_000_000_001, false)));
+        let t = br#"{"type":"event","event":"chat","payload":{"runId":"load-12-5","state":"final"},"seq":10}"#;
+        assert_eq!(parse(t).expect("final").chat_mark(), Some((12, 5, true)));
+        let other = br#"{"type":"event","event":"chat","payload":{"runId":"someone-else","state":"final"},"seq":11}"#;
+        assert_eq!(parse(other).expect("other").chat_mark(), None);
+        let agent = br#"{"type":"event","event":"agent","payload":{"runId":"load-1-2"},"seq":12}"#;
+        assert_eq!(parse(agent).expect("agent").chat_mark(), None);
     }
 
     #[test]

@@ -133,7 +133,8 @@ enum Cmd {
         /// Requests in flight per connection.
         #[arg(long, default_value_t = 1)]
         pipeline: usize,
-        /// Method to call (params {}).
+        /// Method to call (params {}); a comma list (`health,status,system-presence`) is an
+        /// RPC mix: requests rotate through it.
         #[arg(long, default_value = "health")]
         method: String,
         /// Open loop: total requests per second over all connections, sent on a fixed
@@ -173,6 +174,26 @@ enum Cmd {
         burst: u64,
         /// Seconds to wait for deliveries after the last send.
         #[arg(long, default_value_t = 10)]
+        grace_secs: u64,
+    },
+    /// Chat streaming to N watchers: an admin driver calls `chat.send` (built-in offline
+    /// agent) on a few sessions; every watcher receives every run's `chat` stream.
+    Chat {
+        /// Watcher connections in total.
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Agent runs (`chat.send` calls) in total.
+        #[arg(long, default_value_t = 40)]
+        runs: u64,
+        /// `chat.send` calls per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Sessions the runs rotate over (runs on one session queue in its lane; different
+        /// sessions run in parallel up to agents.defaults.maxConcurrent).
+        #[arg(long, default_value_t = 8)]
+        sessions: u64,
+        /// Seconds to wait for the streams to finish after the last send.
+        #[arg(long, default_value_t = 30)]
         grace_secs: u64,
     },
     /// Fan-out with a fraction of subscribers that never read (slow consumers).
@@ -336,6 +357,22 @@ fn run_child(cli: Cli, index: usize, target: ws::Target) -> anyhow::Result<()> {
                         run_a: true,
                         run_b: false,
                         slow_rcvbuf: None,
+                        chat: false,
+                    },
+                )
+                .await
+            }
+            Cmd::Chat { watchers, runs, .. } => {
+                child::fan(
+                    ctx,
+                    child::FanOpts {
+                        subscribers: watchers,
+                        events: runs,
+                        slow_fraction: 0.0,
+                        run_a: true,
+                        run_b: false,
+                        slow_rcvbuf: None,
+                        chat: true,
                     },
                 )
                 .await
@@ -357,6 +394,7 @@ fn run_child(cli: Cli, index: usize, target: ws::Target) -> anyhow::Result<()> {
                         run_a: baseline,
                         run_b: true,
                         slow_rcvbuf: (slow_rcvbuf > 0).then_some(slow_rcvbuf),
+                        chat: false,
                     },
                 )
                 .await
@@ -443,6 +481,33 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                         grace: Duration::from_secs(grace_secs),
                         drop_wait: Duration::ZERO,
                         slow_rcvbuf: 0,
+                        chat_sessions: None,
+                    },
+                )
+                .await
+            }
+            Cmd::Chat {
+                watchers,
+                runs,
+                rate,
+                sessions,
+                grace_secs,
+            } => {
+                parent::fan(
+                    &common,
+                    parent::FanPlan {
+                        scenario: "chat",
+                        subscribers: watchers,
+                        events: runs,
+                        rate,
+                        burst: 1,
+                        slow_fraction: 0.0,
+                        run_a: true,
+                        run_b: false,
+                        grace: Duration::from_secs(grace_secs),
+                        drop_wait: Duration::ZERO,
+                        slow_rcvbuf: 0,
+                        chat_sessions: Some(sessions.max(1)),
                     },
                 )
                 .await
@@ -472,6 +537,7 @@ fn run_parent(cli: Cli, target: ws::Target) -> anyhow::Result<serde_json::Value>
                         grace: Duration::from_secs(grace_secs),
                         drop_wait: Duration::from_secs(drop_wait_secs),
                         slow_rcvbuf,
+                        chat_sessions: None,
                     },
                 )
                 .await

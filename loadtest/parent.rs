@@ -429,7 +429,14 @@ impl Publisher {
     /// Send `count` system-events numbered from `from`: `burst` of them back-to-back in
     /// one write per tick, `rate` ticks per second (absolute schedule); wait for the
     /// answers. Every event carries its own send timestamp.
-    async fn run(&mut self, from: u64, count: u64, rate: f64, burst: u64) -> Value {
+    async fn run(
+        &mut self,
+        from: u64,
+        count: u64,
+        rate: f64,
+        burst: u64,
+        chat_sessions: Option<u64>,
+    ) -> Value {
         let burst = burst.max(1);
         let ok0 = self.st.ok.get();
         let err0 = self.st.errs.borrow().total();
@@ -460,8 +467,15 @@ impl Publisher {
                     first_ts = ts;
                 }
                 last_ts = ts;
-                let req = json!({"type": "req", "id": format!("p{i}"), "method": "system-event",
-                                 "params": {"text": format!("load {i} {ts}"), "instanceId": frames::PUBLISHER_INSTANCE}});
+                let req = match chat_sessions {
+                    // runId = idempotencyKey, so every streamed event carries i and ts.
+                    Some(n) => json!({"type": "req", "id": format!("p{i}"), "method": "chat.send",
+                                      "params": {"sessionKey": format!("load-chat-{}", i % n.max(1)),
+                                                 "message": format!("load run {i}"),
+                                                 "idempotencyKey": format!("load-{i}-{ts}")}}),
+                    None => json!({"type": "req", "id": format!("p{i}"), "method": "system-event",
+                                   "params": {"text": format!("load {i} {ts}"), "instanceId": frames::PUBLISHER_INSTANCE}}),
+                };
                 let mask = self.rng.mask();
                 encode_frame_masked(
                     &mut self.out,
@@ -563,6 +577,9 @@ pub struct FanPlan {
     pub drop_wait: Duration,
     /// SO_RCVBUF of the slow subscribers (0 = kernel default), for the report.
     pub slow_rcvbuf: usize,
+    /// Chat scenario: the publisher calls `chat.send` on this many rotating sessions
+    /// instead of `system-event`.
+    pub chat_sessions: Option<u64>,
 }
 
 fn run_stats(
@@ -622,7 +639,9 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
             p.events, p.rate, p.burst
         );
         let cpu0 = c.cpu();
-        pub_a = publisher.run(0, p.events, p.rate, p.burst).await;
+        pub_a = publisher
+            .run(0, p.events, p.rate, p.burst, p.chat_sessions)
+            .await;
         complete_a = ch
             .wait_sync("a-complete", p.grace)
             .await
@@ -650,7 +669,9 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
             p.events, p.rate, p.burst
         );
         let cpu0 = c.cpu();
-        pub_b = publisher.run(p.events, p.events, p.rate, p.burst).await;
+        pub_b = publisher
+            .run(p.events, p.events, p.rate, p.burst, p.chat_sessions)
+            .await;
         complete_b = ch
             .wait_sync("b-complete", p.grace)
             .await
@@ -706,15 +727,58 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
         }),
     );
     let hist_a = merge_hist(&rs, &["hist_a"]);
-    if p.scenario == "fanout" {
-        let mut run = run_stats(
+    let run_a = || {
+        run_stats(
             &rs,
             "recv_a",
             connected * sent_a,
             first_a,
             "last_a_us",
             &hist_a,
+        )
+    };
+    if p.scenario == "chat" {
+        // Runs are the "events": delivered = watchers × runs terminal events; latency =
+        // send → terminal event (the whole streamed run); plus every streamed event.
+        let mut run = run_a();
+        let streamed = sum(&rs, &["stream_events"]);
+        let last_stream = rs
+            .iter()
+            .filter_map(|r| r["last_stream_us"].as_u64())
+            .max()
+            .unwrap_or(0);
+        let span = last_stream.saturating_sub(first_a) as f64 / 1e6;
+        let mut renamed = json!({
+            "watchers": p.subscribers, "runs": p.events, "sessions": p.chat_sessions,
+            "run_ends_delivered": run["deliveries"], "run_ends_expected": run["expected"],
+            "run_ends_missed": run["missed"],
+            "latency_send_to_run_end": run["latency"].clone(),
+            "latency_send_to_first_event": merge_hist(&rs, &["hist_first"]).summary_ms(),
+            "stream_events": streamed,
+            "stream_events_per_sec": if span > 0.0 { round2(streamed as f64 / span) } else { 0.0 },
+            "publisher": pub_a, "children_complete": complete_a, "gateway_cpu_s": cpu_a,
+        });
+        if let Some(o) = run.as_object_mut() {
+            for k in [
+                "deliveries",
+                "expected",
+                "missed",
+                "deliveries_per_sec",
+                "latency",
+            ] {
+                o.remove(k);
+            }
+        }
+        merge_into(&mut renamed, run);
+        merge_into(&mut out, renamed);
+        merge_into(
+            &mut out,
+            json!({"gateway_rss_after_kb": c.rss_kb(), "gateway_hwm_kb": c.hwm_kb()}),
         );
+        return Ok(out);
+    }
+    if p.scenario == "fanout" {
+        let mut run = run_a();
         merge_into(
             &mut run,
             json!({"publisher": pub_a, "children_complete": complete_a, "gateway_cpu_s": cpu_a}),

@@ -45,9 +45,11 @@ if [ "$WHICH" = all ] || [ "$WHICH" = colocated ]; then
   C --procs 2 rpc --conns 256 --duration-secs 10 --rate 150000
   C --procs 2 rpc --conns 256 --duration-secs 10 --rate 150000 --batch 4
   C --procs 2 rpc --conns 256 --duration-secs 10 --rate 100000
+  C --procs 2 rpc --conns 256 --duration-secs 10 --pipeline 4 --method health,status,system-presence,models.list,agents.list
   C --procs 4 fanout --subscribers 10000 --events 100 --rate 20
   C --procs 4 fanout --subscribers 10000 --events 1000 --rate 10 --burst 10
   C --procs 4 fanout --subscribers 10000 --events 300 --rate 3 --burst 10
+  C --procs 2 chat --watchers 1000 --runs 40 --rate 10 --sessions 8
   C --procs 4 slow --subscribers 2000 --slow-fraction 0.1 --events 2000 --rate 50 --baseline --slow-rcvbuf 4096
   stop_gateway
 fi
