@@ -79,7 +79,7 @@ pub static TABLE: &[MethodSpec] = &[
         name: "system-presence",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
-        handler: Handler::Sync(system_methods::presence),
+        handler: Handler::Snapshot(Core::presence_payload),
     },
     MethodSpec {
         name: "system-event",
@@ -451,9 +451,6 @@ mod system_methods {
 
     pub(super) fn status(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
         Ok(s.with_view(|v| system::status_with_params(v, p)))
-    }
-    pub(super) fn presence(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
-        Ok(Value::Array(s.core.presence.borrow().entries.clone()))
     }
     pub(super) fn last_heartbeat(_s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(Value::Null)

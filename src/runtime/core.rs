@@ -130,11 +130,10 @@ pub struct Broadcast {
 /// The presence list as last published by core 0.
 #[derive(Debug, Clone, Default)]
 pub struct PresenceSnap {
-    /// Entries (the gateway's own first).
-    pub entries: Vec<Value>,
     /// `stateVersion.presence`.
     pub version: u64,
-    /// `entries` serialized once (a JSON array), for `hello-ok` snapshots.
+    /// The entries (the gateway's own first) serialized once as a JSON array: `hello-ok`
+    /// snapshots, `system-presence` answers and `presence` broadcasts copy these bytes.
     pub json: Vec<u8>,
 }
 
@@ -322,6 +321,11 @@ impl Core {
         let bytes = Rc::new(serde_json::to_vec(&v).unwrap_or_default());
         *self.health_json.borrow_mut() = Some((now, bytes.clone()));
         bytes
+    }
+
+    /// The presence list as JSON bytes (`system-presence`), copied from the snapshot.
+    pub fn presence_payload(&self) -> Rc<Vec<u8>> {
+        Rc::new(self.presence.borrow().json.clone())
     }
 
     /// Register a connection; returns its id (unique on this core).
@@ -798,11 +802,7 @@ impl Core {
         let mut entries = vec![crate::methods::gateway_presence(self)];
         entries.extend(self.presence_master.borrow().values().cloned());
         let json = serde_json::to_vec(&entries).unwrap_or_else(|_| b"[]".to_vec());
-        PresenceSnap {
-            entries,
-            version,
-            json,
-        }
+        PresenceSnap { version, json }
     }
 
     fn publish_presence(&self) {
