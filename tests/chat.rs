@@ -364,6 +364,55 @@ fn agent_answers_twice_and_agent_wait_reports_the_outcome() {
 }
 
 #[test]
+fn a_pending_agent_wait_does_not_hold_the_connection_and_is_bounded() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    send(&mut c, "main", "/slow a long answer", "aw-1");
+    // agent.wait first, health second, in one write: health must be answered while the
+    // wait is still pending (the wait used to block the connection's read loop).
+    let mut batch = Vec::new();
+    for (id, method, params) in [
+        ("w1", "agent.wait", json!({"runId": "aw-1", "timeoutMs": 30000})),
+        ("h1", "health", json!({})),
+    ] {
+        let f = json!({"type": "req", "id": id, "method": method, "params": params});
+        batch.push(f.to_string());
+    }
+    for f in &batch {
+        c.send_text(f.as_bytes()).unwrap();
+    }
+    // The per-connection cap: 63 more waits fit, the 65th pending one is refused.
+    for i in 0..64 {
+        let f = json!({"type": "req", "id": format!("x{i}"), "method": "agent.wait",
+                       "params": {"runId": "aw-1", "timeoutMs": 30000}});
+        c.send_text(f.to_string().as_bytes()).unwrap();
+    }
+    let mut order = Vec::new();
+    let mut refused = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !order.contains(&"w1".to_string()) {
+        assert!(Instant::now() < deadline, "no agent.wait answer: {order:?}");
+        let v = c.next_json().unwrap();
+        if v["type"] != "res" {
+            continue;
+        }
+        let id = v["id"].as_str().unwrap().to_string();
+        if id == "w1" {
+            assert_eq!(v["payload"]["status"], "ok", "{v}");
+        }
+        if id.starts_with('x') && v["ok"] == false {
+            assert_eq!(v["error"]["code"], "UNAVAILABLE", "{v}");
+            refused.push(id.clone());
+        }
+        order.push(id);
+    }
+    let h = order.iter().position(|i| i == "h1");
+    let w = order.iter().position(|i| i == "w1");
+    assert!(h.is_some() && h < w, "health waited for agent.wait: {order:?}");
+    assert_eq!(refused, vec!["x63".to_string()], "{order:?}");
+}
+
+#[test]
 fn provider_failures_become_chat_error_events() {
     // A provider pointing at a closed port.
     let cfg = r#"{ models: { providers: { broken: { baseUrl: "http://127.0.0.1:9/v1", api: "openai-completions" } } } }"#;

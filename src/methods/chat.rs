@@ -5,6 +5,7 @@
 //! Must not touch: session state (that is `state::sessions` on the owner core).
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -105,6 +106,37 @@ fn value(r: OpReply) -> Result<Value, ErrorShape> {
             "unexpected reply from session owner",
         )),
     }
+}
+
+/// Longest single wait of a pending `agent.wait` before it checks its connection again.
+const WAIT_SLICE: Duration = Duration::from_secs(5);
+
+/// `agent.wait`: the run lives on its session's owner; ask every core in turn (a core that
+/// does not know the run answers at once), the owner answers when the run ends or times out.
+async fn wait_any(
+    core: &Rc<Core>,
+    workers: usize,
+    run_id: String,
+    timeout_ms: u64,
+) -> Result<Value, ErrorShape> {
+    for c in 0..workers {
+        let op = SessionOp::Wait {
+            run_id: run_id.clone(),
+            timeout_ms,
+        };
+        match route(core, c, op).await {
+            OpReply::NotHere => continue,
+            other => {
+                return value(other).map(|mut v| {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("summary");
+                    }
+                    v
+                })
+            }
+        }
+    }
+    Err(ErrorShape::invalid(format!("unknown runId: {run_id}")))
 }
 
 /// Handle one session/chat method; queues the response(s) itself.
@@ -251,30 +283,46 @@ async fn run(
             let timeout_ms = opt_u64(name, o, "timeoutMs")?
                 .unwrap_or(30_000)
                 .min(24 * 3600 * 1000);
-            // The run lives on its session's owner; ask every core (scatter), first answer wins.
-            for c in 0..workers {
-                match route(
-                    core,
-                    c,
-                    SessionOp::Wait {
-                        run_id: run_id.clone(),
-                        timeout_ms,
-                    },
+            // The wait can last up to a day: it must not hold the connection's read loop
+            // (pongs, chat.abort and every other request on this socket go on meanwhile), so
+            // it runs as its own task and answers when the run ends. Bounded per connection.
+            let Some(slot) = s.wait_slot() else {
+                return Err(ErrorShape::new(
+                    UNAVAILABLE,
+                    format!(
+                        "too many agent.wait calls pending on this connection (max {})",
+                        super::MAX_PENDING_WAITS
+                    ),
                 )
-                .await
-                {
-                    OpReply::NotHere => continue,
-                    other => {
-                        return value(other).map(|mut v| {
-                            if let Some(o) = v.as_object_mut() {
-                                o.remove("summary");
-                            }
-                            Some(v)
-                        })
+                .retry_after(1000));
+            };
+            let core = core.clone();
+            let outbox = s.outbox_handle();
+            let id = id.to_string();
+            monoio::spawn(async move {
+                // Waited in slices so a wait whose connection has gone ends within a slice
+                // instead of living on (up to a day) after the socket closed.
+                let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                let result = loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let slice = left.min(WAIT_SLICE);
+                    let r = wait_any(&core, workers, run_id.clone(), slice.as_millis() as u64)
+                        .await;
+                    let timed_out = matches!(&r, Ok(v) if v["status"] == "timeout");
+                    if !timed_out || slice >= left || outbox.is_closed() {
+                        break r;
                     }
+                };
+                if !outbox.is_closed() {
+                    let frame = match result {
+                        Ok(v) => encode_ok(&id, &v),
+                        Err(e) => encode_err(&id, &e, None),
+                    };
+                    outbox.push_frame(OpCode::Text, &frame);
                 }
-            }
-            Err(ErrorShape::invalid(format!("unknown runId: {run_id}")))
+                drop(slot);
+            });
+            Ok(None)
         }
         ChatMethod::SessionsList => {
             let mut all = Vec::new();

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod connect;
 pub mod system;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -237,6 +238,20 @@ pub struct Session {
     /// Set after hello-ok.
     pub authority: Option<Rc<Authority>>,
     in_presence: bool,
+    /// `agent.wait` calls answered later by their own task (bounded per connection).
+    pending_waits: Rc<Cell<usize>>,
+}
+
+/// Most `agent.wait` calls one connection may have pending at once.
+pub const MAX_PENDING_WAITS: usize = 64;
+
+/// One pending `agent.wait`; dropping it frees the connection's slot.
+pub(crate) struct WaitSlot(Rc<Cell<usize>>);
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 impl Session {
@@ -257,7 +272,18 @@ impl Session {
             nonce: None,
             authority: None,
             in_presence: false,
+            pending_waits: Rc::new(Cell::new(0)),
         }
+    }
+
+    /// A slot for one more pending `agent.wait`, if this connection has one left.
+    pub(crate) fn wait_slot(&self) -> Option<WaitSlot> {
+        let n = self.pending_waits.get();
+        if n >= MAX_PENDING_WAITS {
+            return None;
+        }
+        self.pending_waits.set(n + 1);
+        Some(WaitSlot(self.pending_waits.clone()))
     }
 
     /// Send `connect.challenge` (must be the first frame on the socket).
