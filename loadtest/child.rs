@@ -1037,8 +1037,8 @@ struct FanSt {
     lost: RefCell<Errors>,
     n_slow: Cell<usize>,
     n_fast: Cell<usize>,
-    /// Last presence body seen and its fast-path result (`None` = serde fallback).
-    memo: RefCell<(Vec<u8>, Option<frames::Mark>)>,
+    /// Recent presence bodies and their fast-path results (`None` = serde fallback).
+    memo: RefCell<BodyMemo>,
     /// Chat scenario: every `chat` event of a load run received (deltas and terminals).
     stream_events: Cell<u64>,
     last_stream_us: Cell<u64>,
@@ -1070,6 +1070,48 @@ struct SubView {
     started: Vec<u64>,
 }
 
+/// The last few broadcast bodies this child received and what scanning them gave. Every
+/// subscriber gets the same bodies in the same order, so with bursts (body 1..k to one
+/// socket, then 1..k to the next) a one-entry memo would miss every time; lookups start at
+/// the last hit, where the next body usually is.
+#[derive(Default)]
+pub(crate) struct BodyMemo {
+    entries: Vec<(Vec<u8>, Option<frames::Mark>)>,
+    last: usize,
+    evict: usize,
+}
+
+impl BodyMemo {
+    const CAP: usize = 64;
+
+    fn get(&mut self, body: &[u8]) -> Option<Option<frames::Mark>> {
+        let n = self.entries.len();
+        for k in 0..n {
+            let i = (self.last + k) % n;
+            if let Some((b, m)) = self.entries.get(i) {
+                if b.as_slice() == body {
+                    self.last = i;
+                    return Some(*m);
+                }
+            }
+        }
+        None
+    }
+
+    fn put(&mut self, body: &[u8], mark: Option<frames::Mark>) {
+        if self.entries.len() < Self::CAP {
+            self.entries.push((body.to_vec(), mark));
+            self.last = self.entries.len() - 1;
+        } else if let Some(e) = self.entries.get_mut(self.evict) {
+            e.0.clear();
+            e.0.extend_from_slice(body);
+            e.1 = mark;
+            self.last = self.evict;
+            self.evict = (self.evict + 1) % Self::CAP;
+        }
+    }
+}
+
 impl SubView {
     /// One text frame: presence events take the byte-scan fast path; everything else (and
     /// any presence frame the fast path does not recognise) goes through serde.
@@ -1082,14 +1124,13 @@ impl SubView {
             // Every subscriber of this child receives the same broadcast body: scan it
             // once and reuse the result while the bytes are identical.
             let mut memo = st.memo.borrow_mut();
-            let mark = if memo.0 == body {
-                memo.1
-            } else {
-                let m = frames::presence_body_mark(body);
-                memo.0.clear();
-                memo.0.extend_from_slice(body);
-                memo.1 = m;
-                m
+            let mark = match memo.get(body) {
+                Some(m) => m,
+                None => {
+                    let m = frames::presence_body_mark(body);
+                    memo.put(body, m);
+                    m
+                }
             };
             drop(memo);
             if let Some(mark) = mark {
