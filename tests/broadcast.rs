@@ -157,3 +157,28 @@ fn a_burst_of_joins_is_coalesced_into_few_presence_broadcasts_ending_with_the_fu
         "{broadcasts} presence broadcasts for {JOINS} joins: not coalesced"
     );
 }
+
+#[test]
+fn presence_broadcasts_skip_sockets_without_operator_read() {
+    let g = Gateway::start("uring");
+    // Watchers on both cores: once they all have the event, every core has fanned it out.
+    let mut watchers: Vec<Client> = (0..8).map(|_| g.connect(&["operator.read"])).collect();
+    let mut bare = g.connect(&[]);
+    let mut admin = g.connect(&["operator.admin"]);
+    admin
+        .call("system-event", json!({"text": "hi", "instanceId": "node-b", "host": "box"}))
+        .unwrap();
+    for w in watchers.iter_mut() {
+        let ev = next_presence(w);
+        assert!(ev["payload"]["presence"].to_string().contains("node-b"));
+    }
+    // Anything queued for `bare` is now ahead of the answer to this call.
+    let r = bare.call_raw("system-presence", None).unwrap();
+    assert_eq!(r["error"]["code"], "FORBIDDEN", "{r}");
+    let leaked: Vec<&Value> = bare
+        .events
+        .iter()
+        .filter(|v| v["event"] == "presence")
+        .collect();
+    assert!(leaked.is_empty(), "presence reached a socket without operator.read: {leaked:?}");
+}

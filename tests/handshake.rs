@@ -409,3 +409,50 @@ fn sockets_that_never_send_connect_are_capped_and_timed_out() {
         .call("health", json!({}))
         .unwrap();
 }
+
+#[test]
+fn frames_pipelined_behind_a_failed_connect_are_not_processed() {
+    let g = Gateway::start("uring");
+    let (mut c, _) = raw_connect(&g);
+    let mut bad = connect_frame(&g, "", 0);
+    bad["params"]["auth"]["token"] = json!("wrong");
+    let good = connect_frame(&g, "", 0);
+    c.send_text(bad.to_string().as_bytes()).unwrap();
+    c.send_text(good.to_string().as_bytes()).unwrap();
+    let (seen, code, _) = drain_to_close(&mut c);
+    assert_eq!(code, 1008);
+    assert_eq!(seen.len(), 1, "only the failed connect is answered: {seen:?}");
+    assert_eq!(seen[0]["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH");
+}
+
+#[test]
+fn a_pre_auth_socket_that_floods_pings_and_never_reads_is_closed_as_slow() {
+    let g = Gateway::start("uring");
+    let mut c = Client::open_with(&g.url(), Duration::from_secs(20), Some(4096), &[]).unwrap();
+    let _ = c.next_json().unwrap(); // connect.challenge
+    // ~5 MB of pongs owed to a socket that reads nothing: far past the 64 KiB pre-auth
+    // budget (the full 50 MiB budget would have queued them all until the 15 s timeout).
+    let ping = [b'p'; 125];
+    for _ in 0..40_000 {
+        if c.send_frame(OpCode::Ping, &ping).is_err() {
+            break;
+        }
+    }
+    let end = loop {
+        match c.next_json() {
+            Ok(_) => continue,
+            Err(ClientError::Closed { code, reason }) => break Ok((code, reason)),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    match end {
+        Ok((code, reason)) => {
+            assert_eq!((code, reason.as_str()), (1008, "slow consumer"))
+        }
+        // The gateway may also have cut the socket once the close grace ran out.
+        Err(e) => assert!(!e.contains("timed out"), "{e}"),
+    }
+    g.connect(&["operator.read"])
+        .call("health", json!({}))
+        .unwrap();
+}

@@ -302,6 +302,9 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
         auth_mode,
         model_configured: true,
     });
+    // hello-ok (its presence snapshot can be large) and everything after it get the full
+    // per-client budget.
+    s.lift_budget();
     s.send(&encode_ok_raw(id, &hello));
     Verdict::Authenticated
 }

@@ -276,6 +276,11 @@ impl Session {
         }
     }
 
+    /// Give the socket the full write budget (it authenticated).
+    pub(crate) fn lift_budget(&self) {
+        self.outbox.set_budget(self.core.shared.opts.budget);
+    }
+
     /// A slot for one more pending `agent.wait`, if this connection has one left.
     pub(crate) fn wait_slot(&self) -> Option<WaitSlot> {
         let n = self.pending_waits.get();

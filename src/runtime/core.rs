@@ -830,7 +830,9 @@ impl Core {
                 &payload,
                 Some((version, self.health_version.get())),
             ),
-            None,
+            // Presence rows carry client IPs, hosts and device ids: like `system-presence`
+            // and hello-ok's snapshot, only sockets with operator.read see them.
+            Some(scopes::READ),
             true,
         );
     }

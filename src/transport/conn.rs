@@ -267,7 +267,12 @@ async fn ws_session(
     local: bool,
     deadline: Instant,
 ) {
-    let outbox = Rc::new(Outbox::new(core.shared.opts.budget));
+    let budget = if echo {
+        core.shared.opts.budget
+    } else {
+        core.shared.opts.budget.pre_auth()
+    };
+    let outbox = Rc::new(Outbox::new(budget));
     outbox.push_raw(&upgrade);
     drop(upgrade);
     let (mut rd, wr) = stream.into_split();
@@ -297,6 +302,11 @@ async fn ws_session(
                     break 'conn;
                 }
             };
+            // After a fatal error the close is queued: frames the peer pipelined behind the
+            // failing one (more `connect` attempts, requests) are not processed.
+            if close_sent_at.is_some() && !matches!(msg, Message::Close(..)) {
+                continue;
+            }
             match msg {
                 Message::Text(t) if echo => {
                     outbox.push_frame(OpCode::Text, t);

@@ -37,6 +37,19 @@ pub struct Budget {
     pub drop_threshold: usize,
 }
 
+impl Budget {
+    /// Write budget of a socket that has not completed `connect` yet: 64 KiB. It only ever
+    /// needs the challenge, pongs and an error; a peer that sends pings and never reads is
+    /// closed (1008) before it can pin more than this.
+    pub fn pre_auth(self) -> Self {
+        const PRE_AUTH: usize = 64 * 1024;
+        Self {
+            max_buffered: self.max_buffered.min(PRE_AUTH),
+            drop_threshold: self.drop_threshold.min(PRE_AUTH),
+        }
+    }
+}
+
 impl Default for Budget {
     fn default() -> Self {
         Self {
@@ -66,7 +79,7 @@ pub struct Outbox {
     seq: Cell<u64>,
     dropped: Cell<u64>,
     slow_closed: Cell<bool>,
-    budget: Budget,
+    budget: Cell<Budget>,
     canceller: RefCell<Option<Canceller>>,
 }
 
@@ -78,9 +91,14 @@ impl Outbox {
             seq: Cell::new(0),
             dropped: Cell::new(0),
             slow_closed: Cell::new(false),
-            budget,
+            budget: Cell::new(budget),
             canceller: RefCell::new(Some(Canceller::new())),
         }
+    }
+
+    /// Switch budgets (the full one once the socket is authenticated).
+    pub fn set_budget(&self, budget: Budget) {
+        self.budget.set(budget);
     }
 
     /// A handle the reader passes to its reads so [`Outbox::kill`] can interrupt them.
@@ -121,11 +139,12 @@ impl Outbox {
             return Push::Closed;
         }
         let queued = st.buf.len() + st.in_flight;
-        if droppable && queued > self.budget.drop_threshold {
+        let budget = self.budget.get();
+        if droppable && queued > budget.drop_threshold {
             self.dropped.set(self.dropped.get() + 1);
             return Push::Dropped;
         }
-        if queued + len > self.budget.max_buffered {
+        if queued + len > budget.max_buffered {
             // Return the backlog's memory now and leave only a 1008 close behind whatever the
             // kernel already holds; the connection loop gives it a short grace, then kills.
             st.buf = Vec::new();
