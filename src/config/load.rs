@@ -194,7 +194,8 @@ pub fn load(paths: Paths, env: &dyn Fn(&str) -> Option<String>) -> Result<Config
 ///
 /// A key is secret when its name (case-insensitively) ends in `token`, contains `password`,
 /// `secret`, `privatekey`, `encryptionkey`, `api?key` or `encrypt?key` (`?` = any one character
-/// or none), or ends in `serviceAccount`/`serviceAccountRef` — except the non-secret
+/// or none), contains `authorization` or is `cookie` (header maps), or ends in
+/// `serviceAccount`/`serviceAccountRef` — except the non-secret
 /// `maxTokens`-style counters and `passwordFile`. Under a secret key, strings and numbers are replaced (recursively inside
 /// objects and arrays; for a SecretRef `{source, provider, id}` only `id`); booleans and `null`
 /// are kept. A string that is exactly a `${VAR}` reference is kept: it names, not holds, a secret.
@@ -835,6 +836,9 @@ fn is_secret_key(key: &str) -> bool {
         return false;
     }
     k.ends_with("token")
+        // HTTP header maps (models.providers.*.headers): credentials under header names.
+        || k.contains("authorization")
+        || k == "cookie"
         || k.contains("password")
         || k.contains("secret")
         || k.contains("privatekey")

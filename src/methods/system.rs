@@ -24,7 +24,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::config::{redact_secrets, Config};
 use crate::protocol::hello::{MAIN_KEY, SERVER_VERSION};
@@ -1120,80 +1119,43 @@ pub fn sessions_list(v: &SystemView, params: &Value) -> Result<Value, String> {
 // ---------------------------------------------------------------------------------------------
 // config.get
 
-/// Lower-case hex SHA-256 of the raw config text (`config.get.hash`, the `baseHash` that
-/// `config.set/patch/apply` must echo).
-fn config_hash(raw: &str) -> String {
-    let digest = Sha256::digest(raw.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(b & 0x0f), 16).unwrap_or('0'));
-    }
-    out
+/// The per-process HMAC key of `config.get`'s `hash`. A plain digest of the unredacted file
+/// would let an `operator.read` client test guesses of a redacted low-entropy secret offline
+/// (OpenClaw keys the same HMAC with a per-install secret). The hash only has to be stable
+/// while the process serves the same file.
+fn config_hash_key() -> &'static [u8; 32] {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    KEY.get_or_init(crate::auth::token::random_bytes::<32>)
 }
 
-/// Collect `(secret, replacement)` for every string of `orig` that `redacted` changed.
-fn collect_secrets(orig: &Value, redacted: &Value, out: &mut Vec<(String, String)>) {
-    match (orig, redacted) {
-        (Value::String(o), r) if !o.is_empty() && r.as_str() != Some(o.as_str()) => {
-            out.push((o.clone(), r.as_str().unwrap_or(REDACTED).to_string()));
-        }
-        (Value::Object(o), Value::Object(r)) => {
-            for (k, ov) in o {
-                match r.get(k) {
-                    Some(rv) => collect_secrets(ov, rv, out),
-                    None => collect_all_strings(ov, out),
-                }
-            }
-        }
-        (Value::Array(o), Value::Array(r)) => {
-            for (i, ov) in o.iter().enumerate() {
-                match r.get(i) {
-                    Some(rv) => collect_secrets(ov, rv, out),
-                    None => collect_all_strings(ov, out),
-                }
-            }
-        }
-        (o, r) if o != r => collect_all_strings(o, out),
-        _ => {}
+/// The resolved tree with every string that `${VAR}` substitution produced shown as written
+/// in the file (`"Bearer ${OPENAI_KEY}"`), so no value taken from the environment — an API
+/// key inside an `Authorization` header, say — is served, whatever its key is called.
+fn unsubstituted(resolved: &Value, source: &Value) -> Value {
+    match (resolved, source) {
+        (Value::Object(r), Value::Object(src)) => Value::Object(
+            r.iter()
+                .map(|(k, v)| {
+                    let v = match src.get(k) {
+                        Some(sv) => unsubstituted(v, sv),
+                        None => v.clone(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        (Value::Array(r), Value::Array(src)) => Value::Array(
+            r.iter()
+                .enumerate()
+                .map(|(i, v)| match src.get(i) {
+                    Some(sv) => unsubstituted(v, sv),
+                    None => v.clone(),
+                })
+                .collect(),
+        ),
+        (r, Value::String(src)) if src.contains("${") && r != source => source.clone(),
+        (r, _) => r.clone(),
     }
-}
-
-/// A subtree the redactor dropped or replaced wholesale: treat every string in it as secret.
-fn collect_all_strings(v: &Value, out: &mut Vec<(String, String)>) {
-    match v {
-        Value::String(s) if !s.is_empty() => out.push((s.clone(), REDACTED.to_string())),
-        Value::Object(o) => o.values().for_each(|x| collect_all_strings(x, out)),
-        Value::Array(a) => a.iter().for_each(|x| collect_all_strings(x, out)),
-        _ => {}
-    }
-}
-
-/// Redact the raw (JSON5) text: every secret the parsed-tree redaction removed is replaced where
-/// it appears in the text, quoted (`"…"`, `'…'`), JSON-escaped, or bare — longest first, so a
-/// secret that contains another is handled whole. Secrets that came from `${VAR}` substitution
-/// are not in the raw text and need nothing. (Exotic JSON5 escapes such as `\x41` inside a
-/// secret are not recognised.)
-fn redact_raw(raw: &str, parsed: &Value, redacted: &Value) -> String {
-    let mut secrets = Vec::new();
-    collect_secrets(parsed, redacted, &mut secrets);
-    secrets.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-    secrets.dedup_by(|a, b| a.0 == b.0);
-    let mut out = raw.to_string();
-    for (secret, replacement) in &secrets {
-        let escaped = serde_json::to_string(secret).unwrap_or_default();
-        let escaped_inner = escaped
-            .get(1..escaped.len().saturating_sub(1))
-            .unwrap_or_default();
-        let quoted_replacement = serde_json::to_string(replacement).unwrap_or_default();
-        out = out.replace(&escaped, &quoted_replacement);
-        out = out.replace(&format!("'{secret}'"), &format!("'{replacement}'"));
-        if !escaped_inner.is_empty() {
-            out = out.replace(escaped_inner, replacement);
-        }
-        out = out.replace(secret.as_str(), replacement);
-    }
-    out
 }
 
 /// Split a loader issue `"<path>: <message>"` into `{path, message}` (path `<root>` when the
@@ -1213,29 +1175,30 @@ fn issue_json(issue: &str) -> Value {
 ///
 /// Secrets are redacted everywhere, `raw` included (`null` when the file does not exist). A
 /// loaded config is valid by construction; the loader's non-fatal issues are `warnings`.
-/// `hash` is the lower-case hex SHA-256 of the (unredacted) raw text; `configRevisionHash` and
+/// `hash` is the real gateway's `hmac-sha256:v1:…` of the raw text under a per-process key;
+/// `configRevisionHash` and
 /// `appliedConfigHash` equal it because the served config is the one in force (the CLI treats
 /// `configRevisionHash === appliedConfigHash` as "applied"). The CLI reads `config` and the TUI
 /// reads `runtimeConfig.gateway.controlUi.basePath` unguarded, so both are always objects.
 pub fn config_get(v: &SystemView) -> Value {
     let cfg = v.config;
-    let parsed = if cfg.parsed.is_object() {
-        cfg.parsed.clone()
-    } else {
-        Value::Object(Map::new())
+    let object_or_empty = |v: Value| {
+        if v.is_object() {
+            v
+        } else {
+            Value::Object(Map::new())
+        }
     };
-    let redacted = redact_secrets(&parsed);
-    let redacted = if redacted.is_object() {
-        redacted
-    } else {
-        Value::Object(Map::new())
-    };
+    // As written (`${VAR}` references intact), secrets redacted.
+    let source = object_or_empty(redact_secrets(&cfg.source));
+    // As in force, but values that came from the environment shown as their reference.
+    let resolved = object_or_empty(redact_secrets(&unsubstituted(&cfg.parsed, &cfg.source)));
     let raw = if cfg.exists {
-        json!(redact_raw(&cfg.raw, &parsed, &redacted))
+        json!(crate::config::redact_raw(&cfg.raw))
     } else {
         Value::Null
     };
-    let hash = config_hash(&cfg.raw);
+    let hash = crate::config::config_hash_keyed(config_hash_key(), &cfg.raw);
     let warnings: Vec<Value> = cfg.issues.iter().map(|i| issue_json(i)).collect();
     json!({
         "path": cfg.paths.config_path.display().to_string(),
@@ -1245,12 +1208,12 @@ pub fn config_get(v: &SystemView) -> Value {
         "bindingsIncludeOwned": false,
         "exists": cfg.exists,
         "raw": raw,
-        "parsed": redacted,
-        "sourceConfig": redacted,
-        "resolved": redacted,
+        "parsed": source,
+        "sourceConfig": source,
+        "resolved": resolved,
         "valid": true,
-        "runtimeConfig": redacted,
-        "config": redacted,
+        "runtimeConfig": resolved,
+        "config": resolved,
         "hash": hash,
         "issues": [],
         "warnings": warnings,
@@ -2083,6 +2046,7 @@ mod tests {
         cfg.exists = true;
         cfg.raw = real["raw"].as_str().unwrap().to_string();
         cfg.parsed = real["parsed"].clone();
+        cfg.source = real["parsed"].clone();
         cfg.issues =
             vec!["agents.entries: Removed retired agents.entries.*.default markers.".into()];
         let ours = config_get(&view(&cfg, &[], DEV_PATH));
@@ -2094,10 +2058,7 @@ mod tests {
         assert_eq!(ours["warnings"], real["warnings"]);
         assert_eq!(ours["valid"], true);
         let hash = ours["hash"].as_str().unwrap();
-        assert_eq!(hash.len(), 64);
-        assert!(hash
-            .chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert!(hash.starts_with("hmac-sha256:v1:"), "the real format: {hash}");
         assert_eq!(ours["configRevisionHash"], ours["appliedConfigHash"]);
     }
 
@@ -2109,26 +2070,46 @@ mod tests {
         assert!(ours["raw"].is_null());
         assert_eq!(ours["config"], json!({}));
         assert_eq!(ours["runtimeConfig"], json!({}));
-        // sha256("")
-        assert_eq!(
-            ours["hash"],
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert!(ours["hash"].as_str().unwrap().starts_with("hmac-sha256:v1:"));
     }
 
     #[test]
-    fn raw_config_text_is_redacted_with_the_parsed_tree() {
-        let raw = "{\n  // token below\n  gateway: { auth: { token: 'tok\"en-1', password: \"pw-2\" } },\n  models: { key: \"sk-\\\"q\" },\n}\n";
-        let parsed = json!({"gateway": {"auth": {"token": "tok\"en-1", "password": "pw-2"}}, "models": {"key": "sk-\"q"}});
-        let redacted =
-            json!({"gateway": {"auth": {"token": REDACTED, "password": REDACTED}}, "models": {}});
-        let out = redact_raw(raw, &parsed, &redacted);
-        for secret in ["tok\"en-1", "pw-2", "sk-\\\"q", "sk-"] {
-            assert!(!out.contains(secret), "{secret} leaked: {out}");
+    fn config_get_serves_no_value_that_came_from_the_environment_or_a_secret_key() {
+        let mut cfg = Config::embedded(paths());
+        cfg.exists = true;
+        cfg.raw = r#"{
+  // providers
+  models: { providers: { acme: { baseUrl: "${ACME_URL}", apiKey: "${ACME_KEY}",
+    headers: { Authorization: "Bearer ${ACME_KEY}", "X-Org": "org-1" } } } },
+  gateway: { port: 18789, auth: { mode: "token", token: 918273645 } },
+}
+"#
+        .into();
+        cfg.source = json!({"models": {"providers": {"acme": {"baseUrl": "${ACME_URL}",
+            "apiKey": "${ACME_KEY}", "headers": {"Authorization": "Bearer ${ACME_KEY}",
+            "X-Org": "org-1"}}}}, "gateway": {"port": 18789, "auth": {"mode": "token",
+            "token": 918273645}}});
+        cfg.parsed = json!({"models": {"providers": {"acme": {"baseUrl": "https://acme.test/v1",
+            "apiKey": "sk-live-123", "headers": {"Authorization": "Bearer sk-live-123",
+            "X-Org": "org-1"}}}}, "gateway": {"port": 18789, "auth": {"mode": "token",
+            "token": 918273645}}});
+        let ours = config_get(&view(&cfg, &[], DEV_PATH));
+        let text = ours.to_string();
+        for leaked in ["sk-live-123", "918273645"] {
+            assert!(!text.contains(leaked), "{leaked} leaked: {text}");
         }
-        assert!(out.contains("// token below"), "comments survive");
-        assert_eq!(out.matches(REDACTED).count(), 3);
-        assert_eq!(redact_raw(raw, &parsed, &parsed), raw);
+        let acme = &ours["config"]["models"]["providers"]["acme"];
+        assert_eq!(acme["headers"]["Authorization"], REDACTED);
+        assert_eq!(acme["headers"]["X-Org"], "org-1");
+        assert_eq!(acme["baseUrl"], "${ACME_URL}", "environment values show as references");
+        assert_eq!(ours["parsed"]["models"]["providers"]["acme"]["apiKey"], "${ACME_KEY}");
+        assert_eq!(ours["config"]["gateway"]["port"], 18789);
+        // (A numeric secret makes `raw` the re-serialised redacted document.)
+        assert!(ours["raw"].as_str().unwrap().contains("${ACME_URL}"));
+        // Keyed: not a plain digest anyone could recompute from a guessed secret.
+        let hash = ours["hash"].as_str().unwrap();
+        assert!(hash.starts_with("hmac-sha256:v1:"), "{hash}");
+        assert_ne!(hash, crate::config::config_hash(&cfg.raw));
     }
 
     #[test]
