@@ -413,6 +413,77 @@ fn a_pending_agent_wait_does_not_hold_the_connection_and_is_bounded() {
 }
 
 #[test]
+fn a_run_behind_a_busy_session_is_announced_as_queued_then_runs() {
+    let g = Gateway::start("uring");
+    let mut watcher = g.connect(RW);
+    let mut c = g.connect(RW);
+    send(&mut c, "main", "/slow first", "q-1");
+    send(&mut c, "main", "second", "q-2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut phases = Vec::new();
+    while !phases.contains(&("q-2".to_string(), "end".to_string())) {
+        assert!(Instant::now() < deadline, "{phases:?}");
+        let v = watcher.next_json().unwrap();
+        if v["event"] == "agent" && v["payload"]["stream"] == "lifecycle" {
+            let p = &v["payload"];
+            if p["runId"] == "q-2" && p["data"]["phase"] == "queued" {
+                assert_eq!(p["data"]["ahead"], 1, "{p}");
+                assert_eq!(p["seq"], 1, "{p}");
+            }
+            phases.push((
+                p["runId"].as_str().unwrap().to_string(),
+                p["data"]["phase"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let q2: Vec<&str> = phases
+        .iter()
+        .filter(|(r, _)| r == "q-2")
+        .map(|(_, p)| p.as_str())
+        .collect();
+    assert_eq!(q2, ["queued", "start", "end"], "{phases:?}");
+    let first_end = phases.iter().position(|p| p == &("q-1".into(), "end".into()));
+    let second_start = phases.iter().position(|p| p == &("q-2".into(), "start".into()));
+    assert!(first_end < second_start, "{phases:?}");
+}
+
+#[test]
+fn a_session_lane_is_bounded_and_a_refused_send_is_not_acknowledged() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    send(&mut c, "agent:main:lane", "/slow hold the lane", "l-0");
+    for i in 1..64 {
+        send(&mut c, "agent:main:lane", "queued", &format!("l-{i}"));
+    }
+    let r = c.call(
+        "chat.send",
+        json!({"sessionKey": "agent:main:lane", "message": "one too many", "idempotencyKey": "l-64"}),
+    );
+    match r {
+        Err(ClientError::Rpc(e)) => {
+            assert_eq!(e["code"], "UNAVAILABLE", "{e}");
+            assert_eq!(e["retryable"], true, "{e}");
+        }
+        other => panic!("65th run in one lane was accepted: {other:?}"),
+    }
+    c.call("chat.abort", json!({"sessionKey": "agent:main:lane"}))
+        .unwrap();
+    // Refused means not written: the transcript has the 64 accepted messages only.
+    let h = c
+        .call("chat.history", json!({"sessionKey": "agent:main:lane", "limit": 1000}))
+        .unwrap();
+    let texts: Vec<String> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m.to_string())
+        .collect();
+    assert_eq!(texts.len(), 64, "{texts:?}");
+    assert!(!texts.iter().any(|t| t.contains("one too many")));
+}
+
+#[test]
 fn provider_failures_become_chat_error_events() {
     // A provider pointing at a closed port.
     let cfg = r#"{ models: { providers: { broken: { baseUrl: "http://127.0.0.1:9/v1", api: "openai-completions" } } } }"#;

@@ -7,7 +7,10 @@
 //!
 //! Concurrency cap: `agents.defaults.maxConcurrent` is one gateway-wide count kept by core 0
 //! ([`Core::acquire_run_slot`]: one mesh hop when a run starts and one when it ends); queued
-//! runs wait in their lane, FIFO, and are reported as queued, never dropped.
+//! runs wait in their lane, FIFO, never dropped: a run behind its session's current one is
+//! announced to every client (`agent` lifecycle `queued`), `agent.wait` on it reports
+//! `timeout` until it ends, and a lane holds at most [`MAX_RUNS_PER_LANE`] (more sends are
+//! refused before anything is written). Unfinished runs are never evicted from the run table.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +32,8 @@ pub const DEDUPE_TTL_MS: i64 = 300_000;
 pub const DEDUPE_MAX: usize = 1000;
 /// Default run timeout.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most runs one session's lane may hold (running + queued).
+pub const MAX_RUNS_PER_LANE: usize = 64;
 
 /// A request for the owner core of a session.
 #[derive(Debug)]
@@ -131,6 +136,8 @@ struct Run {
     summary: RefCell<String>,
     error: RefCell<Option<String>>,
     waiters: RefCell<Vec<std::task::Waker>>,
+    /// `agent` event seqs used before the run started (the `queued` lifecycle event).
+    agent_seq: Cell<u64>,
 }
 
 impl Run {
@@ -247,10 +254,10 @@ impl SessionOwner {
         let mut runs = self.runs.borrow_mut();
         let mut order = self.run_order.borrow_mut();
         while let Some((at, k)) = order.front() {
-            let old = runs
-                .get(k)
-                .is_some_and(|r| r.finished() && now - *at > DEDUPE_TTL_MS);
-            if old || runs.len() > DEDUPE_MAX * 2 {
+            // A queued or running run is never forgotten: its lane, abort and agent.wait
+            // still need it. Finished ones go after the dedupe TTL or past the cap.
+            let finished = runs.get(k).is_none_or(|r| r.finished());
+            if finished && (now - *at > DEDUPE_TTL_MS || runs.len() > DEDUPE_MAX * 2) {
                 runs.remove(k);
                 order.pop_front();
             } else {
@@ -434,6 +441,16 @@ fn send(
     if let Some(prev) = owner.dedupe_get(&idem) {
         return Ok(prev);
     }
+    // Budget: a session's lane holds a bounded number of runs; past it the send is refused
+    // (not acknowledged, nothing written), so nothing accepted is ever dropped.
+    let queued = owner.lanes.borrow().get(&key).map_or(0, |l| l.len());
+    if queued >= MAX_RUNS_PER_LANE {
+        return Err(ErrorShape::new(
+            UNAVAILABLE,
+            format!("session {key} already has {queued} runs queued; retry when one ends"),
+        )
+        .retry_after(1000));
+    }
     let now = now_ms();
     // Reset policy: an explicit trigger (`/new`, `/reset`) or an expired daily/idle window
     // starts a fresh session id before this turn.
@@ -484,16 +501,28 @@ fn send(
         summary: RefCell::new(String::new()),
         error: RefCell::new(None),
         waiters: RefCell::new(Vec::new()),
+        agent_seq: Cell::new(0),
     });
-    owner.remember_run(&idem, run);
-    let lane_idle = {
+    owner.remember_run(&idem, run.clone());
+    let ahead = {
         let mut lanes = owner.lanes.borrow_mut();
         let lane = lanes.entry(key.clone()).or_default();
         lane.push_back(idem.clone());
-        lane.len() == 1
+        lane.len() - 1
     };
-    if lane_idle {
+    if ahead == 0 {
         monoio::spawn(drive_lane(core.clone(), key.clone()));
+    } else {
+        // Queued behind this session's current run: every client sees it waiting.
+        run.agent_seq.set(1);
+        emit_agent(
+            core,
+            &idem,
+            &key,
+            1,
+            "lifecycle",
+            json!({"phase": "queued", "ahead": ahead}),
+        );
     }
     let agent_id = crate::store::sessions::agent_of(&key).to_string();
     let ack = if agent_style {
@@ -622,7 +651,7 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
     run.started_at.set(now_ms());
     let key = run.key.clone();
     let mut chat_seq = 0u64;
-    let mut agent_seq = 0u64;
+    let mut agent_seq = run.agent_seq.get();
     let mut next_chat = || {
         chat_seq += 1;
         chat_seq
