@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clawgate::client::Client;
 use serde_json::{json, Value};
-use support::{Gateway, DRIVERS};
+use support::{Gateway, Opts, DRIVERS};
 
 fn next_presence(c: &mut Client) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -166,7 +166,10 @@ fn presence_broadcasts_skip_sockets_without_operator_read() {
     let mut bare = g.connect(&[]);
     let mut admin = g.connect(&["operator.admin"]);
     admin
-        .call("system-event", json!({"text": "hi", "instanceId": "node-b", "host": "box"}))
+        .call(
+            "system-event",
+            json!({"text": "hi", "instanceId": "node-b", "host": "box"}),
+        )
         .unwrap();
     for w in watchers.iter_mut() {
         let ev = next_presence(w);
@@ -180,5 +183,69 @@ fn presence_broadcasts_skip_sockets_without_operator_read() {
         .iter()
         .filter(|v| v["event"] == "presence")
         .collect();
-    assert!(leaked.is_empty(), "presence reached a socket without operator.read: {leaked:?}");
+    assert!(
+        leaked.is_empty(),
+        "presence reached a socket without operator.read: {leaked:?}"
+    );
+}
+
+#[test]
+fn presence_changes_survive_full_core_to_core_queues() {
+    // Two-slot mesh queues: joins/leaves from core 1 to core 0 and the snapshots back
+    // overflow constantly; the ordered backlog must still deliver every one of them.
+    let g = Gateway::start_with(Opts {
+        extra: vec!["--mesh-queue-slots".into(), "2".into()],
+        ..Opts::default()
+    });
+    let mut admin = g.connect(&["operator.admin"]);
+    let o = clawgate::client::ConnectOptions {
+        token: Some(g.token.clone()),
+        client_id: "openclaw-tui".into(),
+        client_mode: "ui".into(),
+        ..clawgate::client::ConnectOptions::default()
+    };
+    let ui_rows = |c: &mut Client| {
+        c.call("system-presence", json!({}))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["mode"] == "ui")
+            .count()
+    };
+    let wait_for = |c: &mut Client, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = ui_rows(c);
+            if got == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "presence shows {got} ui rows, want {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Joins and leaves in bursts from 4 threads at once.
+    let batches: Vec<Vec<Client>> = (0..4)
+        .map(|_| {
+            let (url, o) = (g.url(), o.clone());
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|_| Client::connect(&url, &o).unwrap().0)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    wait_for(&mut admin, 160);
+    let closers: Vec<_> = batches
+        .into_iter()
+        .map(|b| std::thread::spawn(move || b.into_iter().for_each(Client::close)))
+        .collect();
+    closers.into_iter().for_each(|t| t.join().unwrap());
+    wait_for(&mut admin, 0);
 }

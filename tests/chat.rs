@@ -372,7 +372,11 @@ fn a_pending_agent_wait_does_not_hold_the_connection_and_is_bounded() {
     // wait is still pending (the wait used to block the connection's read loop).
     let mut batch = Vec::new();
     for (id, method, params) in [
-        ("w1", "agent.wait", json!({"runId": "aw-1", "timeoutMs": 30000})),
+        (
+            "w1",
+            "agent.wait",
+            json!({"runId": "aw-1", "timeoutMs": 30000}),
+        ),
         ("h1", "health", json!({})),
     ] {
         let f = json!({"type": "req", "id": id, "method": method, "params": params});
@@ -408,7 +412,10 @@ fn a_pending_agent_wait_does_not_hold_the_connection_and_is_bounded() {
     }
     let h = order.iter().position(|i| i == "h1");
     let w = order.iter().position(|i| i == "w1");
-    assert!(h.is_some() && h < w, "health waited for agent.wait: {order:?}");
+    assert!(
+        h.is_some() && h < w,
+        "health waited for agent.wait: {order:?}"
+    );
     assert_eq!(refused, vec!["x63".to_string()], "{order:?}");
 }
 
@@ -442,8 +449,12 @@ fn a_run_behind_a_busy_session_is_announced_as_queued_then_runs() {
         .map(|(_, p)| p.as_str())
         .collect();
     assert_eq!(q2, ["queued", "start", "end"], "{phases:?}");
-    let first_end = phases.iter().position(|p| p == &("q-1".into(), "end".into()));
-    let second_start = phases.iter().position(|p| p == &("q-2".into(), "start".into()));
+    let first_end = phases
+        .iter()
+        .position(|p| p == &("q-1".into(), "end".into()));
+    let second_start = phases
+        .iter()
+        .position(|p| p == &("q-2".into(), "start".into()));
     assert!(first_end < second_start, "{phases:?}");
 }
 
@@ -470,7 +481,10 @@ fn a_session_lane_is_bounded_and_a_refused_send_is_not_acknowledged() {
         .unwrap();
     // Refused means not written: the transcript has the 64 accepted messages only.
     let h = c
-        .call("chat.history", json!({"sessionKey": "agent:main:lane", "limit": 1000}))
+        .call(
+            "chat.history",
+            json!({"sessionKey": "agent:main:lane", "limit": 1000}),
+        )
         .unwrap();
     let texts: Vec<String> = h["messages"]
         .as_array()

@@ -421,7 +421,11 @@ fn frames_pipelined_behind_a_failed_connect_are_not_processed() {
     c.send_text(good.to_string().as_bytes()).unwrap();
     let (seen, code, _) = drain_to_close(&mut c);
     assert_eq!(code, 1008);
-    assert_eq!(seen.len(), 1, "only the failed connect is answered: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the failed connect is answered: {seen:?}"
+    );
     assert_eq!(seen[0]["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH");
 }
 
@@ -430,8 +434,8 @@ fn a_pre_auth_socket_that_floods_pings_and_never_reads_is_closed_as_slow() {
     let g = Gateway::start("uring");
     let mut c = Client::open_with(&g.url(), Duration::from_secs(20), Some(4096), &[]).unwrap();
     let _ = c.next_json().unwrap(); // connect.challenge
-    // ~5 MB of pongs owed to a socket that reads nothing: far past the 64 KiB pre-auth
-    // budget (the full 50 MiB budget would have queued them all until the 15 s timeout).
+                                    // ~5 MB of pongs owed to a socket that reads nothing: far past the 64 KiB pre-auth
+                                    // budget (the full 50 MiB budget would have queued them all until the 15 s timeout).
     let ping = [b'p'; 125];
     for _ in 0..40_000 {
         if c.send_frame(OpCode::Ping, &ping).is_err() {

@@ -129,6 +129,9 @@ struct RunArgs {
     /// Queued bytes above which droppable events are skipped (default 1 MiB).
     #[arg(long, hide = true)]
     drop_threshold_bytes: Option<usize>,
+    /// Test-only: slots per core-to-core queue (default 2048).
+    #[arg(long, hide = true)]
+    mesh_queue_slots: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -376,7 +379,10 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
         config: Arc::new(cfg),
         auth,
         opts,
-        mesh: runtime::mesh::Mesh::new(workers),
+        mesh: runtime::mesh::Mesh::with_capacity(
+            workers,
+            a.mesh_queue_slots.unwrap_or(runtime::mesh::QUEUE_CAPACITY),
+        ),
         accepting: Default::default(),
         preauth_total: Default::default(),
         shutting_down: Default::default(),

@@ -306,8 +306,8 @@ async fn run(
                 let result = loop {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let slice = left.min(WAIT_SLICE);
-                    let r = wait_any(&core, workers, run_id.clone(), slice.as_millis() as u64)
-                        .await;
+                    let r =
+                        wait_any(&core, workers, run_id.clone(), slice.as_millis() as u64).await;
                     let timed_out = matches!(&r, Ok(v) if v["status"] == "timeout");
                     if !timed_out || slice >= left || outbox.is_closed() {
                         break r;

@@ -2058,7 +2058,10 @@ mod tests {
         assert_eq!(ours["warnings"], real["warnings"]);
         assert_eq!(ours["valid"], true);
         let hash = ours["hash"].as_str().unwrap();
-        assert!(hash.starts_with("hmac-sha256:v1:"), "the real format: {hash}");
+        assert!(
+            hash.starts_with("hmac-sha256:v1:"),
+            "the real format: {hash}"
+        );
         assert_eq!(ours["configRevisionHash"], ours["appliedConfigHash"]);
     }
 
@@ -2070,7 +2073,10 @@ mod tests {
         assert!(ours["raw"].is_null());
         assert_eq!(ours["config"], json!({}));
         assert_eq!(ours["runtimeConfig"], json!({}));
-        assert!(ours["hash"].as_str().unwrap().starts_with("hmac-sha256:v1:"));
+        assert!(ours["hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac-sha256:v1:"));
     }
 
     #[test]
@@ -2101,8 +2107,14 @@ mod tests {
         let acme = &ours["config"]["models"]["providers"]["acme"];
         assert_eq!(acme["headers"]["Authorization"], REDACTED);
         assert_eq!(acme["headers"]["X-Org"], "org-1");
-        assert_eq!(acme["baseUrl"], "${ACME_URL}", "environment values show as references");
-        assert_eq!(ours["parsed"]["models"]["providers"]["acme"]["apiKey"], "${ACME_KEY}");
+        assert_eq!(
+            acme["baseUrl"], "${ACME_URL}",
+            "environment values show as references"
+        );
+        assert_eq!(
+            ours["parsed"]["models"]["providers"]["acme"]["apiKey"],
+            "${ACME_KEY}"
+        );
         assert_eq!(ours["config"]["gateway"]["port"], 18789);
         // (A numeric secret makes `raw` the re-serialised redacted document.)
         assert!(ours["raw"].as_str().unwrap().contains("${ACME_URL}"));

@@ -254,6 +254,10 @@ pub struct Core {
     /// Core 0 only: runs holding a global slot, and the requests waiting for one (FIFO).
     run_slots_used: Cell<usize>,
     run_slot_waiters: RefCell<VecDeque<Arc<ReplySlot<()>>>>,
+    /// Control messages (device upserts, presence changes and snapshots) a full mesh queue
+    /// refused: kept in order and re-sent by [`Core::mesh_backlog_flusher`], never lost.
+    mesh_backlog: RefCell<VecDeque<(usize, MeshMsg)>>,
+    mesh_backlog_waker: RefCell<Option<std::task::Waker>>,
 }
 
 /// A held global run slot; dropping it gives the slot back (by message unless on core 0).
@@ -303,6 +307,8 @@ impl Core {
             presence_flusher: RefCell::new(None),
             run_slots_used: Cell::new(0),
             run_slot_waiters: RefCell::new(VecDeque::new()),
+            mesh_backlog: RefCell::new(VecDeque::new()),
+            mesh_backlog_waker: RefCell::new(None),
         };
         let snap = core.build_presence(1);
         *core.presence.borrow_mut() = Arc::new(snap);
@@ -600,10 +606,7 @@ impl Core {
                 let rec = Arc::new(rec.clone());
                 for to in 0..self.shared.mesh.cores() {
                     if to != self.id {
-                        let _ =
-                            self.shared
-                                .mesh
-                                .send(self.id, to, MeshMsg::DeviceUpsert(rec.clone()));
+                        self.send_ordered(to, MeshMsg::DeviceUpsert(rec.clone()));
                     }
                 }
             }
@@ -670,7 +673,7 @@ impl Core {
         if self.id == 0 {
             self.on_mesh(msg);
         } else {
-            let _ = self.shared.mesh.send(self.id, 0, msg);
+            self.send_ordered(0, msg);
         }
     }
 
@@ -773,6 +776,59 @@ impl Core {
         }
     }
 
+    /// Send a control message that must arrive, in order per destination: behind anything
+    /// already waiting for that core, and into the backlog when its queue is full.
+    fn send_ordered(&self, to: usize, msg: MeshMsg) {
+        let mut backlog = self.mesh_backlog.borrow_mut();
+        let msg = if backlog.iter().any(|(t, _)| *t == to) {
+            msg
+        } else {
+            match self.shared.mesh.send(self.id, to, msg) {
+                Ok(()) => return,
+                Err(m) => m,
+            }
+        };
+        backlog.push_back((to, msg));
+        if let Some(w) = self.mesh_backlog_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Re-send the backlog every millisecond while it is not empty (each core runs one).
+    pub async fn mesh_backlog_flusher(self: Rc<Self>) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.mesh_backlog.borrow().is_empty() {
+                    *self.mesh_backlog_waker.borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            if self.shared.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            let mut backlog = self.mesh_backlog.borrow_mut();
+            let mut blocked = vec![false; self.shared.mesh.cores()];
+            let mut kept = VecDeque::new();
+            while let Some((to, msg)) = backlog.pop_front() {
+                if blocked.get(to).copied().unwrap_or(true) {
+                    kept.push_back((to, msg));
+                    continue;
+                }
+                if let Err(m) = self.shared.mesh.send(self.id, to, msg) {
+                    if let Some(b) = blocked.get_mut(to) {
+                        *b = true;
+                    }
+                    kept.push_back((to, m));
+                }
+            }
+            *backlog = kept;
+        }
+    }
+
     /// Core 0's task that publishes coalesced presence changes. It parks between changes and
     /// lives as long as the core's runtime.
     pub async fn presence_flusher(self: Rc<Self>) {
@@ -813,10 +869,7 @@ impl Core {
         *self.presence.borrow_mut() = snap.clone();
         for to in 0..self.shared.mesh.cores() {
             if to != self.id {
-                let _ = self
-                    .shared
-                    .mesh
-                    .send(self.id, to, MeshMsg::PresenceSnapshot(snap.clone()));
+                self.send_ordered(to, MeshMsg::PresenceSnapshot(snap.clone()));
             }
         }
         // The payload `{"presence":[…]}` reuses the snapshot's serialized list.

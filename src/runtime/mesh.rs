@@ -26,12 +26,16 @@ pub struct Mesh<M> {
 impl<M: Send> Mesh<M> {
     /// A mesh for `n` cores.
     pub fn new(n: usize) -> Arc<Self> {
+        Self::with_capacity(n, QUEUE_CAPACITY)
+    }
+
+    /// A mesh for `n` cores with `slots` per ordered-pair queue (tests use tiny ones to
+    /// exercise the full-queue paths).
+    pub fn with_capacity(n: usize, slots: usize) -> Arc<Self> {
         let n = n.max(1);
         Arc::new(Self {
             n,
-            queues: (0..n * n)
-                .map(|_| ArrayQueue::new(QUEUE_CAPACITY))
-                .collect(),
+            queues: (0..n * n).map(|_| ArrayQueue::new(slots.max(1))).collect(),
             wakers: (0..n).map(|_| AtomicWaker::new()).collect(),
         })
     }

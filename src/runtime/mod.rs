@@ -186,6 +186,7 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
     let stop = Rc::new(std::cell::Cell::new(false));
 
     monoio::spawn(ticker(core.clone(), stop.clone()));
+    monoio::spawn(core.clone().mesh_backlog_flusher());
     if id == 0 {
         monoio::spawn(core.clone().presence_flusher());
     }
