@@ -206,7 +206,12 @@ async fn server(cli: Cli) -> std::io::Result<serde_json::Value> {
             let bell = Rc::new(Bell::default());
             let mut tasks = Vec::with_capacity(conns);
             for s in socks {
-                tasks.push(monoio::spawn(fan_writer(s, bell.clone(), events, frame_bytes)));
+                tasks.push(monoio::spawn(fan_writer(
+                    s,
+                    bell.clone(),
+                    events,
+                    frame_bytes,
+                )));
             }
             let (cpu, t0) = (stats::self_cpu_secs(), Instant::now());
             let ticks = events.div_ceil(burst.max(1));
@@ -272,7 +277,8 @@ async fn server(cli: Cli) -> std::io::Result<serde_json::Value> {
         let _ = std::io::BufReader::new(out).read_line(&mut line);
     }
     let _ = child.wait();
-    let client: serde_json::Value = serde_json::from_str(&line).unwrap_or(json!({"error": "client gave no result"}));
+    let client: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or(json!({"error": "client gave no result"}));
     let mut v = side;
     v["client"] = client;
     let _ = std::io::stderr().flush();
@@ -291,7 +297,12 @@ async fn fan_writer(
         let upto = Next { bell: &bell, seen }.await;
         buf.clear();
         for i in seen..upto {
-            let sent = bell.sent_at_us.borrow().get(i as usize).copied().unwrap_or(0);
+            let sent = bell
+                .sent_at_us
+                .borrow()
+                .get(i as usize)
+                .copied()
+                .unwrap_or(0);
             buf.extend_from_slice(&sent.to_le_bytes());
             buf.extend_from_slice(&i.to_le_bytes());
             buf.resize(buf.len() + frame_bytes.saturating_sub(16), b'x');
@@ -319,7 +330,9 @@ async fn hs_server(mut s: TcpStream) -> std::io::Result<()> {
 
 /// Reads exactly `n` bytes (the peer sends nothing else in between).
 async fn read_exact(s: &mut TcpStream, buf: Vec<u8>, n: usize) -> std::io::Result<Vec<u8>> {
-    let (r, slice) = s.read_exact(monoio::buf::IoBufMut::slice_mut(buf, 0..n)).await;
+    let (r, slice) = s
+        .read_exact(monoio::buf::IoBufMut::slice_mut(buf, 0..n))
+        .await;
     r?;
     Ok(slice.into_inner())
 }
@@ -403,7 +416,9 @@ async fn fan_reader(
     let mut filled = 0usize;
     let mut next = 0u64;
     while next < events {
-        let (r, slice) = s.read(monoio::buf::IoBufMut::slice_mut(buf, filled..)).await;
+        let (r, slice) = s
+            .read(monoio::buf::IoBufMut::slice_mut(buf, filled..))
+            .await;
         buf = slice.into_inner();
         match r {
             Ok(0) | Err(_) => return,
