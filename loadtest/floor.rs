@@ -58,9 +58,8 @@ struct Cli {
 enum Cmd {
     /// One record per event to every connection; events queued during a write coalesce.
     Fanout {
-        /// Receiving connections (one process holds both ends' fds: keep it under ~9.9k
-        /// per side or raise the limit).
-        #[arg(long, default_value_t = 5000)]
+        /// Receiving connections (each side is one process: keep it under ~19.9k here).
+        #[arg(long, default_value_t = 10000)]
         conns: usize,
         /// Events in total.
         #[arg(long, default_value_t = 100)]

@@ -2,16 +2,18 @@
 # Runs the load-generator scenarios against a fresh release gateway and prints one JSON line
 # per scenario (the figures in BENCHMARKS.md). Usage:
 #
-#   bash bench/scripts/loadtest-suite.sh [colocated|pinned|all]   (default: all)
+#   bash bench/scripts/loadtest-suite.sh [colocated|pinned|floor|all]   (default: all)
 #
 # colocated: gateway with 2 workers and the generator share both cores (the machine's real
 #            limit: gateway + generator CPU-seconds ≈ 2 × wall time in throughput rows).
 # pinned:    gateway with 1 worker pinned to CPU 0, generator pinned to CPU 1: the gateway's
 #            per-core capacity, read from `gateway_cpu_s` per operation.
+# floor:     the same socket traffic with no gateway (`clawgate-floor`: raw monoio server on
+#            CPU 0, raw client on CPU 1) — the baseline the pinned rows are read against.
 # Each line is prefixed with the topology and the scenario's arguments.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release --bin clawgate --bin clawgate-load >&2
+cargo build --release --bin clawgate --bin clawgate-load --bin clawgate-floor >&2
 WHICH=${1:-all}
 PORT=${PORT:-18960}
 
@@ -64,4 +66,16 @@ if [ "$WHICH" = all ] || [ "$WHICH" = pinned ]; then
   P --procs 4 fanout --subscribers 10000 --events 100 --rate 20
   P --procs 4 fanout --subscribers 10000 --events 1000 --rate 10 --burst 10
   stop_gateway
+fi
+
+if [ "$WHICH" = all ] || [ "$WHICH" = floor ]; then
+  F() {
+    echo "# floor: $*" >&2
+    local out
+    out=$(target/release/clawgate-floor --server-cpu 0 --client-cpu 1 "$@" 2>/dev/null || true)
+    echo "{\"topology\":\"floor\",\"args\":\"$*\",\"result\":${out:-null}}"
+  }
+  F handshake --total 20000 --concurrency 64
+  F fanout --conns 10000 --events 100 --rate 20
+  F fanout --conns 10000 --events 1000 --rate 10 --burst 10
 fi
