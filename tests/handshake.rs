@@ -460,3 +460,53 @@ fn a_pre_auth_socket_that_floods_pings_and_never_reads_is_closed_as_slow() {
         .call("health", json!({}))
         .unwrap();
 }
+
+#[test]
+fn a_signed_connect_with_a_stale_shared_token_is_told_to_retry_with_its_device_token() {
+    let g = Gateway::start("uring");
+    let id = DeviceIdentity::random();
+    let good = ConnectOptions {
+        token: Some(g.token.clone()),
+        device: Some(id.clone()),
+        ..ConnectOptions::default()
+    };
+    let (c, hello) = Client::connect(&g.url(), &good).unwrap();
+    let dt = hello["auth"]["deviceToken"].as_str().unwrap().to_string();
+    c.close();
+    // Wrong shared token, signed, no deviceToken: the client may retry with its stored one.
+    let stale = ConnectOptions {
+        token: Some("rotated-away".into()),
+        ..good.clone()
+    };
+    let e = match Client::connect(&g.url(), &stale) {
+        Err(ClientError::Rpc(e)) => e,
+        Err(other) => panic!("expected an auth error, got {other:?}"),
+        Ok(_) => panic!("a wrong shared token was accepted"),
+    };
+    assert_eq!(e["details"]["code"], "AUTH_TOKEN_MISMATCH", "{e}");
+    assert_eq!(e["details"]["canRetryWithDeviceToken"], true, "{e}");
+    assert_eq!(
+        e["details"]["recommendedNextStep"], "retry_with_device_token",
+        "{e}"
+    );
+    // ... and that retry works.
+    let retry = ConnectOptions {
+        token: None,
+        device_token: Some(dt),
+        ..good.clone()
+    };
+    let (c, _) = Client::connect(&g.url(), &retry).unwrap();
+    c.close();
+    // Already sending a device token: no second retry suggested.
+    let both = ConnectOptions {
+        token: Some("rotated-away".into()),
+        device_token: Some("not-it".into()),
+        ..good
+    };
+    let e = match Client::connect(&g.url(), &both) {
+        Err(ClientError::Rpc(e)) => e,
+        Err(other) => panic!("expected an auth error, got {other:?}"),
+        Ok(_) => panic!("a wrong shared token was accepted"),
+    };
+    assert_eq!(e["details"]["canRetryWithDeviceToken"], false, "{e}");
+}

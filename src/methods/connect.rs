@@ -142,8 +142,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
                     mode,
                     shared_ok,
                     device_token.is_some(),
-                    &s.core,
-                    Some(&verified.device_id),
+                    Some(verified.device_id.as_str()).filter(|_| auth.device_token.is_none()),
                 ),
                 1008,
             );
@@ -222,7 +221,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     } else {
         return s.fail(
             id,
-            secret_failure(mode, shared_ok, device_token.is_some(), &s.core, None),
+            secret_failure(mode, shared_ok, device_token.is_some(), None),
             1008,
         );
     }
@@ -358,27 +357,37 @@ fn pairing_required(device_id: &str, scope: &str) -> ErrorShape {
     }))
 }
 
+/// The failure for a wrong or missing shared secret / device token (PROTOCOL.md §3.4).
+/// `canRetryWithDeviceToken` (and the step `retry_with_device_token`) only for a token
+/// mismatch on a connect that carried a device and no `auth.deviceToken`: the client then
+/// retries once with its stored device token. `retry_device`: the signed device of a
+/// connect that sent no `auth.deviceToken`.
 fn secret_failure(
     mode: AuthMode,
     shared_ok: Option<bool>,
     had_device_token: bool,
-    core: &crate::runtime::core::Core,
-    device_id: Option<&str>,
+    retry_device: Option<&str>,
 ) -> ErrorShape {
-    let can_retry = device_id.is_some_and(|d| core.devices.borrow().get(d).is_some());
     match (mode, shared_ok) {
         (AuthMode::Password, Some(false)) => auth_error(
             "unauthorized: gateway password mismatch (use this gateway's gateway.auth.password or pair the device)",
             "AUTH_PASSWORD_MISMATCH",
             "update_auth_credentials",
-            json!({"authReason": "password_mismatch", "canRetryWithDeviceToken": can_retry}),
+            json!({"authReason": "password_mismatch", "canRetryWithDeviceToken": false}),
         ),
-        (_, Some(false)) => auth_error(
-            "unauthorized: gateway token mismatch (use this gateway's gateway.auth.token or pair the device)",
-            "AUTH_TOKEN_MISMATCH",
-            "update_auth_credentials",
-            json!({"authReason": "token_mismatch", "canRetryWithDeviceToken": can_retry}),
-        ),
+        (_, Some(false)) => {
+            let can_retry = retry_device.is_some();
+            auth_error(
+                "unauthorized: gateway token mismatch (use this gateway's gateway.auth.token or pair the device)",
+                "AUTH_TOKEN_MISMATCH",
+                if can_retry {
+                    "retry_with_device_token"
+                } else {
+                    "update_auth_credentials"
+                },
+                json!({"authReason": "token_mismatch", "canRetryWithDeviceToken": can_retry}),
+            )
+        }
         _ if had_device_token => auth_error(
             "unauthorized: device token mismatch (rotate or reissue the device token)",
             "AUTH_DEVICE_TOKEN_MISMATCH",
