@@ -249,3 +249,40 @@ fn presence_changes_survive_full_core_to_core_queues() {
     closers.into_iter().for_each(|t| t.join().unwrap());
     wait_for(&mut admin, 0);
 }
+
+#[test]
+fn health_events_bump_state_version_seen_by_every_core() {
+    let g = Gateway::start_with(Opts {
+        extra: vec!["--health-interval-ms".into(), "150".into()],
+        ..Opts::default()
+    });
+    let mut c = g.connect(&["operator.read"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut versions = Vec::new();
+    while versions.len() < 2 {
+        assert!(Instant::now() < deadline, "health events: {versions:?}");
+        let v = c.next_json().unwrap();
+        if v["event"] == "health" {
+            assert_eq!(v["payload"]["ok"], true, "{v}");
+            versions.push(v["stateVersion"]["health"].as_u64().unwrap());
+        }
+    }
+    assert!(versions[1] > versions[0], "{versions:?}");
+    // New connections on either core start from a snapshot at least that new.
+    for _ in 0..6 {
+        let (c2, hello) = Client::connect(&g.url(), &g.opts()).unwrap();
+        let hv = hello["snapshot"]["stateVersion"]["health"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            hv >= versions[1],
+            "hello-ok health version {hv} < {versions:?}"
+        );
+        assert!(hello["features"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "health"));
+        c2.close();
+    }
+}

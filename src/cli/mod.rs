@@ -129,6 +129,9 @@ struct RunArgs {
     /// Queued bytes above which droppable events are skipped (default 1 MiB).
     #[arg(long, hide = true)]
     drop_threshold_bytes: Option<usize>,
+    /// Test-only: `health` event interval in ms (default 60000).
+    #[arg(long, hide = true)]
+    health_interval_ms: Option<u64>,
     /// Test-only: slots per core-to-core queue (default 2048).
     #[arg(long, hide = true)]
     mesh_queue_slots: Option<usize>,
@@ -364,6 +367,9 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(t) = a.tick_interval_ms {
         opts.tick_interval_ms = t;
+    }
+    if let Some(t) = a.health_interval_ms {
+        opts.health_interval_ms = t;
     }
     if let Some(t) = a.handshake_timeout_ms {
         opts.handshake_timeout_ms = t;

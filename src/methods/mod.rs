@@ -189,6 +189,7 @@ pub static TABLE: &[MethodSpec] = &[
 /// Events clawgate emits (`features.events`).
 pub static EVENTS: &[&str] = &[
     "tick",
+    "health",
     "presence",
     "shutdown",
     "chat",

@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub tick_interval_ms: u64,
     /// Pong window after a server ping.
     pub pong_timeout_ms: u64,
+    /// Core 0 publishes a `health` event (and bumps `stateVersion.health`) this often.
+    pub health_interval_ms: u64,
     /// Per-connection write budget.
     pub budget: Budget,
 }
@@ -63,6 +65,7 @@ impl Default for RunOptions {
             preauth_global: 4096,
             tick_interval_ms: 30_000,
             pong_timeout_ms: 25_000,
+            health_interval_ms: 60_000,
             budget: Budget::default(),
         }
     }
@@ -186,6 +189,8 @@ pub enum MeshMsg {
     PresenceLeave((usize, u64)),
     /// New presence snapshot (replica update).
     PresenceSnapshot(Arc<PresenceSnap>),
+    /// Core 0 published a `health` event with this `stateVersion.health` (replica update).
+    HealthVersion(u64),
     /// To a session's owner core: run this op and reply.
     SessionOp(
         Box<crate::state::sessions::SessionOp>,
@@ -506,6 +511,9 @@ impl Core {
                 }
             }
             MeshMsg::PresenceSnapshot(s) => *self.presence.borrow_mut() = s,
+            MeshMsg::HealthVersion(v) => {
+                self.health_version.set(self.health_version.get().max(v));
+            }
             MeshMsg::RunSlotAcquire(reply) => self.run_slot_request(reply),
             MeshMsg::RunSlotRelease => self.run_slot_returned(),
             // Needs an `Rc<Core>` to spawn: handled by the worker loop (`on_mesh_rc`).
@@ -774,6 +782,27 @@ impl Core {
         } else {
             self.publish_presence();
         }
+    }
+
+    /// Core 0: publish the health snapshot as a `health` event with the next
+    /// `stateVersion.health`; every core's replica of the version follows (hello-ok
+    /// snapshots carry it).
+    pub fn publish_health(&self) {
+        let version = self.health_version.get() + 1;
+        self.health_version.set(version);
+        for to in 0..self.shared.mesh.cores() {
+            if to != self.id {
+                self.send_ordered(to, MeshMsg::HealthVersion(version));
+            }
+        }
+        *self.health_json.borrow_mut() = None;
+        let payload = self.health_payload();
+        let presence = self.presence.borrow().version;
+        self.publish_body(
+            encode_event_body_raw("health", &payload, Some((presence, version))),
+            Some(scopes::READ),
+            true,
+        );
     }
 
     /// Send a control message that must arrive, in order per destination: behind anything

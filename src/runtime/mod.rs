@@ -270,12 +270,18 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
         .min(Duration::from_secs(1));
     let mut last_tick = std::time::Instant::now();
     let mut last_maintenance = std::time::Instant::now();
+    let mut last_health = std::time::Instant::now();
+    let health_every = Duration::from_millis(core.shared.opts.health_interval_ms.max(10));
     loop {
         monoio::time::sleep(check).await;
         if stop.get() {
             return;
         }
         core.sessions.flush();
+        if core.id == 0 && last_health.elapsed() >= health_every {
+            last_health = std::time::Instant::now();
+            core.publish_health();
+        }
         if last_maintenance.elapsed() >= Duration::from_secs(60) {
             last_maintenance = std::time::Instant::now();
             core.sessions.maintain(core::now_ms());
