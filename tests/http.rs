@@ -111,3 +111,45 @@ fn refuses_lan_bind_without_auth_with_exit_78() {
     assert_eq!(st.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&st.stderr).contains("without auth"));
 }
+
+#[test]
+fn a_keep_alive_head_dripped_byte_by_byte_is_cut_off() {
+    let g = Gateway::start_with(support::Opts {
+        extra: vec!["--handshake-timeout-ms".into(), "300".into()],
+        ..support::Opts::default()
+    });
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // A second head on the same keep-alive connection that never completes: one header
+    // byte every 50 ms for up to 10 s (each read used to get a fresh 60 s idle timeout).
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut closed = false;
+    for _ in 0..200 {
+        if s.write_all(b"X").is_err() {
+            closed = true;
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a dripping head kept the connection open for 10 s");
+}

@@ -45,7 +45,10 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         Instant::now() + Duration::from_millis(core.shared.opts.handshake_timeout_ms);
     let mut first = true;
     loop {
-        // Read one request head.
+        // Read one request head. Between keep-alive requests the socket may idle for
+        // HTTP_IDLE, but once a head has started it must complete within the handshake
+        // timeout: a peer dripping header bytes cannot hold the connection forever.
+        let mut head_deadline: Option<Instant> = None;
         let (head, head_len) = loop {
             match http::parse_head(&buf) {
                 Parsed::Complete(h, n) => break (h, n),
@@ -74,10 +77,15 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(buf.capacity().max(1024));
             }
-            let wait = if first {
-                first_deadline.saturating_duration_since(Instant::now())
-            } else {
-                HTTP_IDLE
+            if head_deadline.is_none() && !buf.is_empty() {
+                head_deadline = Some(
+                    Instant::now() + Duration::from_millis(core.shared.opts.handshake_timeout_ms),
+                );
+            }
+            let wait = match (first, head_deadline) {
+                (true, _) => first_deadline.saturating_duration_since(Instant::now()),
+                (false, Some(d)) => d.saturating_duration_since(Instant::now()),
+                (false, None) => HTTP_IDLE,
             };
             let len = buf.len();
             let cap = buf.capacity();
