@@ -143,3 +143,57 @@ fn remote_device_behind_a_trusted_proxy_is_not_paired_silently() {
     assert_eq!(hello["auth"]["scopes"], json!([]));
     assert_eq!(c.call("health", json!({})).unwrap()["ok"], true);
 }
+
+#[test]
+fn forwarded_headers_only_from_listed_proxies_and_the_client_is_the_forwarded_address() {
+    // Only 10.9.9.9 is a trusted proxy: forwarding headers straight from 127.0.0.1 are refused.
+    let g = Gateway::start_with(Opts {
+        config: Some("{ gateway: { trustedProxies: ['10.9.9.9'] } }"),
+        ..Opts::default()
+    });
+    let xff = vec![("X-Forwarded-For".to_string(), "100.64.1.2".to_string())];
+    let (code, _) = g
+        .http("GET", "/healthz", &[("X-Forwarded-For", "100.64.1.2")])
+        .unwrap();
+    assert_eq!(code, 403);
+    let o = ConnectOptions {
+        token: Some(g.token.clone()),
+        headers: xff.clone(),
+        ..ConnectOptions::default()
+    };
+    assert!(
+        Client::connect(&g.url(), &o).is_err(),
+        "untrusted proxy upgraded"
+    );
+    // Behind a trusted proxy (CIDR form), presence shows the forwarded client, not the proxy.
+    let g = Gateway::start_with(Opts {
+        config: Some("{ gateway: { trustedProxies: ['127.0.0.0/8'] } }"),
+        ..Opts::default()
+    });
+    let o = ConnectOptions {
+        token: Some(g.token.clone()),
+        client_id: "openclaw-tui".into(),
+        client_mode: "ui".into(),
+        headers: vec![(
+            "X-Forwarded-For".to_string(),
+            "1.1.1.1, 198.51.100.7, 127.0.0.5".to_string(),
+        )],
+        ..ConnectOptions::default()
+    };
+    let (ui, _) = Client::connect(&g.url(), &o).unwrap();
+    let mut admin = g.connect(&["operator.admin"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let list = admin.call("system-presence", json!({})).unwrap();
+        if let Some(row) = list.as_array().unwrap().iter().find(|e| e["mode"] == "ui") {
+            assert_eq!(row["ip"], "198.51.100.7", "{row}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ui row never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ui.close();
+}

@@ -86,7 +86,8 @@ pub struct GatewayConfig {
     pub custom_bind_host: Option<String>,
     /// `gateway.auth`.
     pub auth: AuthConfig,
-    /// `gateway.trustedProxies` (IPs); empty = forwarded headers are refused.
+    /// `gateway.trustedProxies` (addresses or CIDRs); forwarding headers from any other
+    /// peer are refused ([`crate::transport::proxy`]).
     pub trusted_proxies: Vec<String>,
 }
 

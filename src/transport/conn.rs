@@ -98,7 +98,8 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             }
         };
         first = false;
-        if head.forwarded && core.shared.config.gateway.trusted_proxies.is_empty() {
+        let trusted = &core.shared.config.gateway.trusted_proxies;
+        if head.forwarded && !super::proxy::is_trusted(peer.ip(), trusted) {
             // The real gateway refuses forwarded requests from untrusted proxies.
             let _ = stream
                 .write_all(http::json_response(
@@ -118,7 +119,14 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         if let Some(key) = head.ws_key.clone() {
             buf.drain(..head_len);
             let echo = core.shared.opts.ws_echo && head.path == "/__echo";
-            if !echo && !core.preauth_acquire(peer.ip()) {
+            // Behind a trusted proxy the client is the forwarded address: it gets its own
+            // pre-auth budget and is what presence shows.
+            let client = head
+                .forwarded_for
+                .as_deref()
+                .and_then(|xff| super::proxy::client_ip(xff, trusted))
+                .map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
+            if !echo && !core.preauth_acquire(client.ip()) {
                 let _ = stream
                     .write_all(http::json_response(
                         503,
@@ -146,7 +154,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             let wsf = ws_session(
                 core,
                 stream,
-                peer,
+                client,
                 buf,
                 upgrade,
                 echo,

@@ -29,6 +29,8 @@ pub struct Head {
     pub chunked: bool,
     /// Carries X-Forwarded-For / Forwarded / X-Real-IP.
     pub forwarded: bool,
+    /// The `X-Forwarded-For` value (repeated headers joined with `,`).
+    pub forwarded_for: Option<String>,
     /// Valid WebSocket upgrade: the `Sec-WebSocket-Key`.
     pub ws_key: Option<String>,
     /// `Upgrade: websocket` was asked for but the request is not a valid upgrade.
@@ -89,6 +91,7 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
         content_length: 0,
         chunked: false,
         forwarded: false,
+        forwarded_for: None,
         ws_key: None,
         bad_upgrade: None,
         origin: None,
@@ -123,6 +126,13 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
             || name.eq_ignore_ascii_case("x-real-ip")
         {
             head.forwarded = true;
+            if name.eq_ignore_ascii_case("x-forwarded-for") {
+                let v = String::from_utf8_lossy(h.value);
+                head.forwarded_for = Some(match head.forwarded_for.take() {
+                    Some(prev) => format!("{prev},{v}"),
+                    None => v.into_owned(),
+                });
+            }
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade_ws = has_token(h.value, "websocket");
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {

@@ -5,4 +5,5 @@
 pub mod conn;
 pub mod http;
 pub mod outbox;
+pub mod proxy;
 pub mod ws;
