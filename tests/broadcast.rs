@@ -286,3 +286,44 @@ fn health_events_bump_state_version_seen_by_every_core() {
         c2.close();
     }
 }
+
+#[test]
+fn ticks_arrive_in_seq_order_and_a_peer_that_never_pongs_is_closed() {
+    let g = Gateway::start_with(Opts {
+        extra: vec![
+            "--tick-interval-ms".into(),
+            "100".into(),
+            "--pong-timeout-ms".into(),
+            "300".into(),
+        ],
+        ..Opts::default()
+    });
+    let mut live = g.connect(&["operator.read"]);
+    let mut silent = g.connect(&["operator.read"]);
+    // `live` reads (and answers every ping) for a while: ticks with consecutive seq.
+    let mut seqs = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        let v = live.next_json().unwrap();
+        if v["event"] == "tick" {
+            assert!(v["payload"]["ts"].as_i64().unwrap() > 0, "{v}");
+            seqs.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    assert!(seqs.len() >= 3, "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(live.call("health", json!({})).unwrap()["ok"], true);
+    // `silent` read nothing and answered no ping for 1.5 s: closed as dead.
+    let end = loop {
+        match silent.next_json() {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    match end {
+        clawgate::client::ClientError::Closed { code, reason } => {
+            assert_eq!((code, reason.as_str()), (1011, "keepalive timeout"))
+        }
+        other => panic!("expected a 1011 close, got {other:?}"),
+    }
+}

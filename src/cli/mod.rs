@@ -129,6 +129,9 @@ struct RunArgs {
     /// Queued bytes above which droppable events are skipped (default 1 MiB).
     #[arg(long, hide = true)]
     drop_threshold_bytes: Option<usize>,
+    /// Test-only: pong window after a server ping in ms (default 25000).
+    #[arg(long, hide = true)]
+    pong_timeout_ms: Option<u64>,
     /// Test-only: `health` event interval in ms (default 60000).
     #[arg(long, hide = true)]
     health_interval_ms: Option<u64>,
@@ -367,6 +370,9 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(t) = a.tick_interval_ms {
         opts.tick_interval_ms = t;
+    }
+    if let Some(t) = a.pong_timeout_ms {
+        opts.pong_timeout_ms = t;
     }
     if let Some(t) = a.health_interval_ms {
         opts.health_interval_ms = t;

@@ -302,8 +302,13 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
         core.for_each_authed(|c| {
             let sent = c.ping_sent_ms.get();
             if sent > 0 && c.last_seen_ms.get() < sent && now - sent > pong_window {
-                c.outbox.close(1011, "keepalive timeout");
-                c.outbox.kill();
+                // First the 1011 close frame (a live-but-slow peer learns why); a peer that
+                // is still here at the next check is cut off (its reader may never wake).
+                if c.outbox.is_closed() {
+                    c.outbox.kill();
+                } else {
+                    c.outbox.close(1011, "keepalive timeout");
+                }
                 return;
             }
             if let Some(body) = &tick_body {
