@@ -119,21 +119,27 @@ fn slow_consumer_is_skipped_then_closed_while_others_get_everything() {
             break;
         }
     }
-    // Give the gateway time to process every request while this client reads nothing.
-    std::thread::sleep(Duration::from_secs(3));
+    // Give the gateway time to process the requests while this client reads nothing (less
+    // than the 2 s close grace, so the 1008 frame is normally still there to read).
+    std::thread::sleep(Duration::from_secs(1));
     let mut answered = 0;
-    let closed = loop {
+    loop {
         match slow.next_json() {
             Ok(v) if v["type"] == "res" => answered += 1,
             Ok(_) => {}
-            Err(ClientError::Closed { .. }) | Err(ClientError::Io(_)) => break true,
-            Err(ClientError::Timeout) => break false,
-            Err(e) => panic!("{e}"),
+            Err(ClientError::Closed { code, reason }) => {
+                assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+                break;
+            }
+            // The gateway waits CLOSE_GRACE (2 s) for the close frame to drain, then cuts the
+            // socket (a reset: the client's unread requests are still queued).
+            Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("expected the slow-consumer close, got {e}"),
         }
-    };
+    }
     assert!(
-        closed && answered < n,
-        "slow consumer was not closed (answered {answered}/{n})"
+        answered < n,
+        "every response was queued (answered {answered}/{n})"
     );
     // Others unaffected.
     assert_eq!(fast.call("health", json!({})).unwrap()["ok"], true);
