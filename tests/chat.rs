@@ -498,6 +498,25 @@ fn a_session_lane_is_bounded_and_a_refused_send_is_not_acknowledged() {
 }
 
 #[test]
+fn chat_send_timeout_ms_bounds_the_whole_run() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    c.call(
+        "chat.send",
+        json!({"sessionKey": "main", "message": "/slow take your time", "idempotencyKey": "to-1", "timeoutMs": 300}),
+    )
+    .unwrap();
+    let stream = chat_until_done(&mut c, "to-1", Duration::from_secs(20));
+    let last = stream.last().unwrap();
+    assert_eq!(last["state"], "error", "{last}");
+    assert_eq!(last["errorKind"], "timeout", "{last}");
+    // The session is free again: the next run completes.
+    send(&mut c, "main", "hi", "to-2");
+    let stream = chat_until_done(&mut c, "to-2", Duration::from_secs(20));
+    assert_eq!(stream.last().unwrap()["state"], "final");
+}
+
+#[test]
 fn provider_failures_become_chat_error_events() {
     // A provider pointing at a closed port.
     let cfg = r#"{ models: { providers: { broken: { baseUrl: "http://127.0.0.1:9/v1", api: "openai-completions" } } } }"#;

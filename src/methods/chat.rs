@@ -199,6 +199,16 @@ async fn run(
             let key = key_of(s, name, &raw_key)?;
             let owner = shard_of(&key, workers);
             let agent_style = m == ChatMethod::Agent;
+            // Whole-run deadline: chat.send `timeoutMs`, agent `timeout` (seconds); 0 = none.
+            let deadline = if agent_style {
+                opt_u64(name, o, "timeout")?
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(s.min(86_400)))
+            } else {
+                opt_u64(name, o, "timeoutMs")?
+                    .filter(|ms| *ms > 0)
+                    .map(|ms| Duration::from_millis(ms.min(86_400_000)))
+            };
             let ack = value(
                 route(
                     core,
@@ -208,6 +218,7 @@ async fn run(
                         message,
                         idem: idem.clone(),
                         agent_style,
+                        deadline,
                     },
                 )
                 .await,

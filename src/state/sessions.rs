@@ -48,6 +48,9 @@ pub enum SessionOp {
         idem: String,
         /// `agent` (accepted-style ack) vs `chat.send`.
         agent_style: bool,
+        /// Whole-run deadline asked for by the client (`chat.send` `timeoutMs`, `agent`
+        /// `timeout`); `None` = only the provider's per-wait timeout.
+        deadline: Option<Duration>,
     },
     /// `chat.abort`.
     Abort {
@@ -138,6 +141,8 @@ struct Run {
     waiters: RefCell<Vec<std::task::Waker>>,
     /// `agent` event seqs used before the run started (the `queued` lifecycle event).
     agent_seq: Cell<u64>,
+    /// Whole-run deadline from the request, counted from the run's start.
+    deadline: Option<Duration>,
 }
 
 impl Run {
@@ -286,7 +291,8 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             message,
             idem,
             agent_style,
-        } => OpReply::Value(send(core, key, message, idem, agent_style)),
+            deadline,
+        } => OpReply::Value(send(core, key, message, idem, agent_style, deadline)),
         SessionOp::Abort { key, run_id } => {
             OpReply::Value(Ok(abort(core, &key, run_id.as_deref())))
         }
@@ -436,6 +442,7 @@ fn send(
     message: String,
     idem: String,
     agent_style: bool,
+    deadline: Option<Duration>,
 ) -> Result<Value, ErrorShape> {
     let owner = &core.sessions;
     if let Some(prev) = owner.dedupe_get(&idem) {
@@ -502,6 +509,7 @@ fn send(
         error: RefCell::new(None),
         waiters: RefCell::new(Vec::new()),
         agent_seq: Cell::new(0),
+        deadline,
     });
     owner.remember_run(&idem, run.clone());
     let ahead = {
@@ -731,7 +739,18 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
             ProviderEvent::Done { stop_reason, usage } => outcome = Some(Ok((stop_reason, usage))),
             ProviderEvent::Error { message, kind } => outcome = Some(Err((message, kind))),
         };
-        agents::stream_reply(&target, &messages, RUN_TIMEOUT, &run.abort, &mut on).await;
+        let reply = agents::stream_reply(&target, &messages, RUN_TIMEOUT, &run.abort, &mut on);
+        match run.deadline {
+            Some(d) => {
+                if monoio::time::timeout(d, reply).await.is_err() {
+                    outcome = Some(Err((
+                        format!("agent run timed out after {} ms", d.as_millis()),
+                        agents::error_kind::TIMEOUT,
+                    )));
+                }
+            }
+            None => reply.await,
+        }
     }
     *run.summary.borrow_mut() = text.clone();
     let now = now_ms();
