@@ -78,6 +78,20 @@ fn send(c: &mut Client, key: &str, message: &str, idem: &str) {
     .unwrap();
 }
 
+/// The text of every user message in `key`'s history (up to 1000).
+fn user_texts(c: &mut Client, key: &str) -> Vec<String> {
+    let h = c
+        .call("chat.history", json!({"sessionKey": key, "limit": 1000}))
+        .unwrap();
+    h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"][0]["text"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
 /// A gateway whose `agents.defaults.maxConcurrent` is 1.
 fn gateway_with_one_run_slot() -> Gateway {
     Gateway::start_with(Opts {
@@ -480,19 +494,7 @@ fn a_session_lane_is_bounded_and_a_refused_send_is_not_acknowledged() {
     c.call("chat.abort", json!({"sessionKey": "agent:main:lane"}))
         .unwrap();
     // Refused means not written: the transcript has the 64 accepted messages only.
-    let h = c
-        .call(
-            "chat.history",
-            json!({"sessionKey": "agent:main:lane", "limit": 1000}),
-        )
-        .unwrap();
-    let texts: Vec<String> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "user")
-        .map(|m| m.to_string())
-        .collect();
+    let texts = user_texts(&mut c, "agent:main:lane");
     assert_eq!(texts.len(), 64, "{texts:?}");
     assert!(!texts.iter().any(|t| t.contains("one too many")));
 }
@@ -607,19 +609,7 @@ fn kill_9_during_a_burst_keeps_every_acknowledged_message() {
     });
     let mut c2 = g2.connect(RW);
     for s in 0..4 {
-        let h = c2
-            .call(
-                "chat.history",
-                json!({"sessionKey": format!("burst{s}"), "limit": 1000}),
-            )
-            .unwrap();
-        let texts: Vec<String> = h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["role"] == "user")
-            .map(|m| m["content"][0]["text"].as_str().unwrap_or("").to_string())
-            .collect();
+        let texts = user_texts(&mut c2, &format!("burst{s}"));
         for (_, t) in acked.iter().filter(|(k, _)| *k == s) {
             assert!(
                 texts.contains(t),
