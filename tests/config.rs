@@ -197,3 +197,50 @@ fn forwarded_headers_only_from_listed_proxies_and_the_client_is_the_forwarded_ad
     }
     ui.close();
 }
+
+#[test]
+fn repeated_wrong_secrets_from_a_remote_client_are_rate_limited() {
+    let g = Gateway::start_with(Opts {
+        config: Some("{ gateway: { trustedProxies: ['127.0.0.1'] } }"),
+        ..Opts::default()
+    });
+    let from = |ip: &str, token: &str| ConnectOptions {
+        token: Some(token.to_string()),
+        headers: vec![("X-Forwarded-For".to_string(), ip.to_string())],
+        ..ConnectOptions::default()
+    };
+    let code_of = |o: &ConnectOptions| match Client::connect(&g.url(), o) {
+        Err(ClientError::Rpc(e)) => e["details"]["code"].as_str().unwrap_or("").to_string(),
+        Err(e) => panic!("{e}"),
+        Ok(_) => "ok".to_string(),
+    };
+    let codes: Vec<String> = (0..30)
+        .map(|_| code_of(&from("198.51.100.9", "wrong")))
+        .collect();
+    let mismatches = codes.iter().filter(|c| *c == "AUTH_TOKEN_MISMATCH").count();
+    assert!(mismatches <= 10, "{codes:?}");
+    assert!(codes.iter().any(|c| c == "AUTH_RATE_LIMITED"), "{codes:?}");
+    // While locked out even the right token is refused, with a retry hint.
+    let o = from("198.51.100.9", &g.token);
+    let locked = (0..4).all(|_| code_of(&o) == "AUTH_RATE_LIMITED");
+    assert!(locked, "the right token got in during the lockout");
+    if let Err(ClientError::Rpc(e)) = Client::connect(&g.url(), &o) {
+        assert_eq!(e["retryable"], true, "{e}");
+        assert!(e["retryAfterMs"].as_u64().unwrap() > 0, "{e}");
+        assert_eq!(
+            e["details"]["recommendedNextStep"], "wait_then_retry",
+            "{e}"
+        );
+    }
+    // Other clients are unaffected: another remote address, and loopback (exempt).
+    assert_eq!(code_of(&from("198.51.100.10", &g.token)), "ok");
+    for _ in 0..12 {
+        let _ = code_of(&ConnectOptions {
+            token: Some("wrong".into()),
+            ..ConnectOptions::default()
+        });
+    }
+    g.connect(&["operator.read"])
+        .call("health", json!({}))
+        .unwrap();
+}

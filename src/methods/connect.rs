@@ -48,6 +48,18 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
     };
     let shared = s.core.shared.clone();
     let auth = p.auth.clone().unwrap_or_default();
+    // A remote client that keeps presenting wrong secrets is refused for a while (§3.4).
+    if let Some(wait) = s.core.auth_locked(s.peer.ip()) {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let err = auth_error(
+            "unauthorized: too many failed authentication attempts (retry later)",
+            "AUTH_RATE_LIMITED",
+            "wait_then_retry",
+            json!({"retryAfterMs": ms}),
+        )
+        .retry_after(ms);
+        return s.fail(id, err, 1008);
+    }
     tracing::debug!(
         message = "Connect.",
         client = %p.client.id,
@@ -136,6 +148,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
             // The real gateway hands the (unchanged) token back on every device connect.
             issued = device_token.map(|t| (t.to_string(), *at));
         } else {
+            s.core.auth_failed(s.peer.ip());
             return s.fail(
                 id,
                 secret_failure(
@@ -219,6 +232,7 @@ pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict
         device_id = Some(d);
         effective_scopes = requested.clone();
     } else {
+        s.core.auth_failed(s.peer.ip());
         return s.fail(
             id,
             secret_failure(mode, shared_ok, device_token.is_some(), None),

@@ -263,7 +263,16 @@ pub struct Core {
     /// refused: kept in order and re-sent by [`Core::mesh_backlog_flusher`], never lost.
     mesh_backlog: RefCell<VecDeque<(usize, MeshMsg)>>,
     mesh_backlog_waker: RefCell<Option<std::task::Waker>>,
+    /// Failed shared-secret attempts per remote client IP in the current window (this
+    /// core's share of the gateway-wide limit; no shared map).
+    auth_failures: RefCell<HashMap<IpAddr, (Instant, u32)>>,
 }
+
+/// Failed shared-secret connects allowed per remote client IP per [`AUTH_FAIL_WINDOW`]
+/// (gateway-wide; each core enforces its share). Loopback clients are exempt.
+pub const AUTH_FAIL_MAX: u32 = 10;
+/// The auth-failure counting window (also the lockout once the limit is reached).
+pub const AUTH_FAIL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A held global run slot; dropping it gives the slot back (by message unless on core 0).
 pub struct RunSlot {
@@ -314,6 +323,7 @@ impl Core {
             run_slot_waiters: RefCell::new(VecDeque::new()),
             mesh_backlog: RefCell::new(VecDeque::new()),
             mesh_backlog_waker: RefCell::new(None),
+            auth_failures: RefCell::new(HashMap::new()),
         };
         let snap = core.build_presence(1);
         *core.presence.borrow_mut() = Arc::new(snap);
@@ -803,6 +813,34 @@ impl Core {
             Some(scopes::READ),
             true,
         );
+    }
+
+    /// `Some(retry_after)` when `ip` used up its failed-auth allowance on this core.
+    pub fn auth_locked(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        if ip.is_loopback() {
+            return None;
+        }
+        let share = AUTH_FAIL_MAX.div_ceil(self.shared.mesh.cores().max(1) as u32);
+        let map = self.auth_failures.borrow();
+        let (start, n) = map.get(&ip)?;
+        let left = AUTH_FAIL_WINDOW.saturating_sub(start.elapsed());
+        (*n >= share && !left.is_zero()).then_some(left)
+    }
+
+    /// Count one failed shared-secret attempt from `ip` (loopback is not counted).
+    pub fn auth_failed(&self, ip: IpAddr) {
+        if ip.is_loopback() {
+            return;
+        }
+        let mut map = self.auth_failures.borrow_mut();
+        if map.len() >= 4096 {
+            map.retain(|_, (start, _)| start.elapsed() < AUTH_FAIL_WINDOW);
+        }
+        let e = map.entry(ip).or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= AUTH_FAIL_WINDOW {
+            *e = (Instant::now(), 0);
+        }
+        e.1 = e.1.saturating_add(1);
     }
 
     /// Send a control message that must arrive, in order per destination: behind anything
