@@ -7,8 +7,8 @@
 //!
 //! Concurrency cap: `agents.defaults.maxConcurrent` is one gateway-wide count kept by core 0
 //! ([`Core::acquire_run_slot`]: one mesh hop when a run starts and one when it ends); queued
-//! runs wait in their lane, FIFO, never dropped: a run behind its session's current one is
-//! announced to every client (`agent` lifecycle `queued`), `agent.wait` on it reports
+//! runs wait in their lane, FIFO, never dropped: a run behind its session's current one, or
+//! held by the gateway-wide cap, is announced to every client (`agent` lifecycle `queued`), `agent.wait` on it reports
 //! `timeout` until it ends, and a lane holds at most [`MAX_RUNS_PER_LANE`] (more sends are
 //! refused before anything is written). Unfinished runs are never evicted from the run table.
 
@@ -32,6 +32,8 @@ pub const DEDUPE_TTL_MS: i64 = 300_000;
 pub const DEDUPE_MAX: usize = 1000;
 /// Default run timeout.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// A run still waiting for a gateway-wide slot after this long is announced as queued.
+const SLOT_WAIT_ANNOUNCE: Duration = Duration::from_millis(50);
 /// Most runs one session's lane may hold (running + queued).
 pub const MAX_RUNS_PER_LANE: usize = 64;
 
@@ -584,9 +586,31 @@ async fn drive_lane(core: Rc<Core>, key: String) {
                 // the pending request then lives on in a task that hands the slot straight
                 // back when core 0 grants it.
                 let mut acquire = Box::pin(core.clone().acquire_run_slot());
-                let slot = monoio::select! {
-                    s = &mut acquire => Some(s),
-                    _ = run.abort.aborted() => None,
+                // A slot normally comes within one mesh round trip; a run still waiting after
+                // SLOT_WAIT_ANNOUNCE is held by the gateway-wide cap and is announced.
+                let first = monoio::select! {
+                    s = &mut acquire => Some(Some(s)),
+                    _ = run.abort.aborted() => Some(None),
+                    _ = monoio::time::sleep(SLOT_WAIT_ANNOUNCE) => None,
+                };
+                let slot = match first {
+                    Some(s) => s,
+                    None => {
+                        let seq = run.agent_seq.get() + 1;
+                        run.agent_seq.set(seq);
+                        emit_agent(
+                            &core,
+                            &run_id,
+                            &run.key,
+                            seq,
+                            "lifecycle",
+                            json!({"phase": "queued", "reason": "maxConcurrent"}),
+                        );
+                        monoio::select! {
+                            s = &mut acquire => Some(s),
+                            _ = run.abort.aborted() => None,
+                        }
+                    }
                 };
                 match slot {
                     Some(_slot) => execute(&core, &run_id, &run).await,
