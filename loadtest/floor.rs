@@ -21,7 +21,7 @@ mod stats;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::pin::Pin;
 use std::process::{Command, ExitCode, Stdio};
 use std::rc::Rc;
@@ -186,7 +186,7 @@ async fn server(cli: Cli) -> std::io::Result<serde_json::Value> {
         .args(&args)
         .stdout(Stdio::piped())
         .spawn()?;
-    let (side, start_cpu, started) = match cli.cmd {
+    let mut side = match cli.cmd {
         Cmd::Fanout {
             conns,
             events,
@@ -230,18 +230,14 @@ async fn server(cli: Cli) -> std::io::Result<serde_json::Value> {
             }
             let cpu = stats::self_cpu_secs() - cpu;
             let deliveries = conns as u64 * events;
-            (
-                json!({"scenario": "floor-fanout", "conns": conns, "events": events,
-                       "rate": rate, "burst": burst, "frame_bytes": frame_bytes,
-                       "write_errors": failed,
-                       "server_cpu_s": cpu,
-                       "server_us_per_delivery": cpu * 1e6 / deliveries.max(1) as f64}),
-                cpu,
-                t0,
-            )
+            json!({"scenario": "floor-fanout", "conns": conns, "events": events,
+                   "rate": rate, "burst": burst, "frame_bytes": frame_bytes,
+                   "write_errors": failed,
+                   "server_cpu_s": cpu,
+                   "server_us_per_delivery": cpu * 1e6 / deliveries.max(1) as f64})
         }
         Cmd::Handshake { total, .. } => {
-            let (cpu, t0) = (stats::self_cpu_secs(), Instant::now());
+            let cpu = stats::self_cpu_secs();
             let done = Rc::new(Cell::new(0usize));
             let failed = Rc::new(Cell::new(0usize));
             let mut accepted = 0;
@@ -260,17 +256,12 @@ async fn server(cli: Cli) -> std::io::Result<serde_json::Value> {
                 monoio::time::sleep(Duration::from_millis(1)).await;
             }
             let cpu = stats::self_cpu_secs() - cpu;
-            (
-                json!({"scenario": "floor-handshake", "total": total,
-                       "server_failed": failed.get(),
-                       "server_cpu_s": cpu,
-                       "server_us_per_handshake": cpu * 1e6 / total.max(1) as f64}),
-                cpu,
-                t0,
-            )
+            json!({"scenario": "floor-handshake", "total": total,
+                   "server_failed": failed.get(),
+                   "server_cpu_s": cpu,
+                   "server_us_per_handshake": cpu * 1e6 / total.max(1) as f64})
         }
     };
-    let _ = (start_cpu, started);
     let mut line = String::new();
     if let Some(out) = child.stdout.take() {
         let _ = std::io::BufReader::new(out).read_line(&mut line);
@@ -278,10 +269,8 @@ async fn server(cli: Cli) -> std::io::Result<serde_json::Value> {
     let _ = child.wait();
     let client: serde_json::Value =
         serde_json::from_str(&line).unwrap_or(json!({"error": "client gave no result"}));
-    let mut v = side;
-    v["client"] = client;
-    let _ = std::io::stderr().flush();
-    Ok(v)
+    side["client"] = client;
+    Ok(side)
 }
 
 async fn fan_writer(

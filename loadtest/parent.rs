@@ -63,6 +63,11 @@ fn results_ok(rs: Vec<Option<Value>>) -> (Vec<Value>, usize) {
     (rs.into_iter().flatten().collect(), missing)
 }
 
+/// Largest `key` (a u64 field) over the children's results, 0 when none has it.
+fn max_u64(rs: &[Value], key: &str) -> u64 {
+    rs.iter().filter_map(|r| r[key].as_u64()).max().unwrap_or(0)
+}
+
 fn sum(rs: &[Value], path: &[&str]) -> u64 {
     rs.iter()
         .map(|r| {
@@ -157,11 +162,7 @@ pub async fn storm(
         .filter_map(|r| r["t_start_us"].as_u64())
         .min()
         .unwrap_or(0);
-    let t1 = rs
-        .iter()
-        .filter_map(|r| r["t_end_us"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let t1 = max_u64(&rs, "t_end_us");
     let wall = (t1.saturating_sub(t0)) as f64 / 1e6;
     let errors = merge_errors(&rs, &["errors"]);
     let mut out = c.base("connect-storm");
@@ -307,11 +308,7 @@ pub async fn rpc(c: &Common, p: RpcPlan<'_>) -> anyhow::Result<Value> {
     match p.rate {
         None => merge_into(&mut out, json!({"pipeline": p.pipeline})),
         Some(rate) => {
-            let max_behind_us = rs
-                .iter()
-                .filter_map(|r| r["max_behind_us"].as_u64())
-                .max()
-                .unwrap_or(0);
+            let max_behind_us = max_u64(&rs, "max_behind_us");
             let sent = sum(&rs, &["sent"]);
             let scheduled = sum(&rs, &["scheduled"]);
             let writes = sum(&rs, &["writes"]);
@@ -591,11 +588,7 @@ fn run_stats(
     hist: &Hist,
 ) -> Value {
     let recv = sum(rs, &[recv_key]);
-    let last = rs
-        .iter()
-        .filter_map(|r| r[last_key].as_u64())
-        .max()
-        .unwrap_or(0);
+    let last = max_u64(rs, last_key);
     let span = last.saturating_sub(first_send) as f64 / 1e6;
     json!({
         "deliveries": recv, "expected": expected, "missed": expected as i64 - recv as i64,
@@ -742,11 +735,7 @@ pub async fn fan(c: &Common, p: FanPlan) -> anyhow::Result<Value> {
         // send → terminal event (the whole streamed run); plus every streamed event.
         let mut run = run_a();
         let streamed = sum(&rs, &["stream_events"]);
-        let last_stream = rs
-            .iter()
-            .filter_map(|r| r["last_stream_us"].as_u64())
-            .max()
-            .unwrap_or(0);
+        let last_stream = max_u64(&rs, "last_stream_us");
         let span = last_stream.saturating_sub(first_a) as f64 / 1e6;
         let mut renamed = json!({
             "watchers": p.subscribers, "runs": p.events, "sessions": p.chat_sessions,

@@ -387,6 +387,8 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
         opts.budget.drop_threshold = b.min(opts.budget.max_buffered);
     }
     let (listeners, addr) = runtime::bind_listeners(SocketAddr::new(ip, port), workers)?;
+    let trusted_proxies =
+        crate::transport::proxy::TrustedProxies::parse(&cfg.gateway.trusted_proxies);
     let shared = Arc::new(Shared {
         config: Arc::new(cfg),
         auth,
@@ -402,6 +404,7 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
         started_at_ms: runtime::core::now_ms(),
         instance_id: crate::auth::token::uuid_v4(),
         host: hostname(),
+        trusted_proxies,
     });
     let running = runtime::start(shared, listeners, addr, driver)?;
     tracing::info!(message = "Gateway listening.", addr = %running.addr, workers, driver = ?driver);

@@ -9,7 +9,7 @@ pub mod chat;
 pub mod connect;
 pub mod system;
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -239,8 +239,9 @@ pub struct Session {
     /// Set after hello-ok.
     pub authority: Option<Rc<Authority>>,
     in_presence: bool,
-    /// `agent.wait` calls answered later by their own task (bounded per connection).
-    pending_waits: Rc<Cell<usize>>,
+    /// `agent.wait` calls answered later by their own task (bounded per connection);
+    /// allocated on the first one, so idle connections pay nothing.
+    pending_waits: OnceCell<Rc<Cell<usize>>>,
 }
 
 /// Most `agent.wait` calls one connection may have pending at once.
@@ -273,7 +274,7 @@ impl Session {
             nonce: None,
             authority: None,
             in_presence: false,
-            pending_waits: Rc::new(Cell::new(0)),
+            pending_waits: OnceCell::new(),
         }
     }
 
@@ -284,12 +285,13 @@ impl Session {
 
     /// A slot for one more pending `agent.wait`, if this connection has one left.
     pub(crate) fn wait_slot(&self) -> Option<WaitSlot> {
-        let n = self.pending_waits.get();
+        let pending = self.pending_waits.get_or_init(Rc::default);
+        let n = pending.get();
         if n >= MAX_PENDING_WAITS {
             return None;
         }
-        self.pending_waits.set(n + 1);
-        Some(WaitSlot(self.pending_waits.clone()))
+        pending.set(n + 1);
+        Some(WaitSlot(pending.clone()))
     }
 
     /// Send `connect.challenge` (must be the first frame on the socket).

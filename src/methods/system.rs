@@ -51,8 +51,6 @@ pub const HEARTBEAT_ACK_MAX_CHARS: u64 = 300;
 pub const HEARTBEAT_PROMPT: &str = "Heartbeat check. If nothing needs attention, reply NO_REPLY.";
 /// Heartbeat delivery target: clawgate has no channels, so results stay in the main session.
 pub const HEARTBEAT_TARGET: &str = "none";
-/// Sentinel that replaces secrets in `config.get` (same as [`redact_secrets`]).
-pub const REDACTED: &str = "__OPENCLAW_REDACTED__";
 
 /// Event-loop vitals (`health.eventLoop`, `status.eventLoop`); the runtime measures them.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -2105,7 +2103,10 @@ mod tests {
             assert!(!text.contains(leaked), "{leaked} leaked: {text}");
         }
         let acme = &ours["config"]["models"]["providers"]["acme"];
-        assert_eq!(acme["headers"]["Authorization"], REDACTED);
+        assert_eq!(
+            acme["headers"]["Authorization"],
+            crate::config::REDACTED_SENTINEL
+        );
         assert_eq!(acme["headers"]["X-Org"], "org-1");
         assert_eq!(
             acme["baseUrl"], "${ACME_URL}",

@@ -95,6 +95,8 @@ pub struct Shared {
     pub instance_id: String,
     /// Host name (presence).
     pub host: String,
+    /// `gateway.trustedProxies`, parsed once.
+    pub trusted_proxies: crate::transport::proxy::TrustedProxies,
 }
 
 impl Shared {
@@ -259,8 +261,8 @@ pub struct Core {
     /// Core 0 only: runs holding a global slot, and the requests waiting for one (FIFO).
     run_slots_used: Cell<usize>,
     run_slot_waiters: RefCell<VecDeque<Arc<ReplySlot<()>>>>,
-    /// Control messages (device upserts, presence changes and snapshots) a full mesh queue
-    /// refused: kept in order and re-sent by [`Core::mesh_backlog_flusher`], never lost.
+    /// Control messages (device upserts, presence changes and snapshots, run slots) a full
+    /// mesh queue refused: kept in order and re-sent by [`Core::mesh_backlog_flusher`].
     mesh_backlog: RefCell<VecDeque<(usize, MeshMsg)>>,
     mesh_backlog_waker: RefCell<Option<std::task::Waker>>,
     /// Failed shared-secret attempts per remote client IP in the current window (this
@@ -702,12 +704,8 @@ impl Core {
         if self.id == 0 {
             self.run_slot_request(reply.clone());
         } else {
-            // A full mesh queue is back-pressure, not a reason to skip the cap: retry.
-            let mut msg = MeshMsg::RunSlotAcquire(reply.clone());
-            while let Err(back) = self.shared.mesh.send(self.id, 0, msg) {
-                msg = back;
-                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
+            // A full mesh queue is back-pressure, not a reason to skip the cap.
+            self.send_ordered(0, MeshMsg::RunSlotAcquire(reply.clone()));
         }
         reply.wait().await;
         RunSlot { core: self }
@@ -716,22 +714,9 @@ impl Core {
     fn release_run_slot(self: &Rc<Self>) {
         if self.id == 0 {
             self.run_slot_returned();
-            return;
-        }
-        if let Err(msg) = self.shared.mesh.send(self.id, 0, MeshMsg::RunSlotRelease) {
-            // At shutdown the count no longer matters (and the runtime may be gone).
-            if self.shared.shutting_down.load(Ordering::Acquire) {
-                return;
-            }
-            // Never lose a release (the slot would leak): retry from a task.
-            let core = self.clone();
-            monoio::spawn(async move {
-                let mut msg = msg;
-                while let Err(back) = core.shared.mesh.send(core.id, 0, msg) {
-                    msg = back;
-                    monoio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
-            });
+        } else {
+            // Never lost (the slot would leak); at shutdown the backlog is simply dropped.
+            self.send_ordered(0, MeshMsg::RunSlotRelease);
         }
     }
 

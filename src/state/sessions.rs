@@ -8,9 +8,10 @@
 //! Concurrency cap: `agents.defaults.maxConcurrent` is one gateway-wide count kept by core 0
 //! ([`Core::acquire_run_slot`]: one mesh hop when a run starts and one when it ends); queued
 //! runs wait in their lane, FIFO, never dropped: a run behind its session's current one, or
-//! held by the gateway-wide cap, is announced to every client (`agent` lifecycle `queued`), `agent.wait` on it reports
-//! `timeout` until it ends, and a lane holds at most [`MAX_RUNS_PER_LANE`] (more sends are
-//! refused before anything is written). Unfinished runs are never evicted from the run table.
+//! held by the gateway-wide cap, is announced to every client (`agent` lifecycle `queued`),
+//! `agent.wait` on it reports `timeout` until it ends, and a lane holds at most
+//! [`MAX_RUNS_PER_LANE`] (more sends are refused before anything is written). Unfinished
+//! runs are never evicted from the run table.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -524,13 +525,10 @@ fn send(
         monoio::spawn(drive_lane(core.clone(), key.clone()));
     } else {
         // Queued behind this session's current run: every client sees it waiting.
-        run.agent_seq.set(1);
-        emit_agent(
+        announce_queued(
             core,
             &idem,
-            &key,
-            1,
-            "lifecycle",
+            &run,
             json!({"phase": "queued", "ahead": ahead}),
         );
     }
@@ -596,14 +594,10 @@ async fn drive_lane(core: Rc<Core>, key: String) {
                 let slot = match first {
                     Some(s) => s,
                     None => {
-                        let seq = run.agent_seq.get() + 1;
-                        run.agent_seq.set(seq);
-                        emit_agent(
+                        announce_queued(
                             &core,
                             &run_id,
-                            &run.key,
-                            seq,
-                            "lifecycle",
+                            &run,
                             json!({"phase": "queued", "reason": "maxConcurrent"}),
                         );
                         monoio::select! {
@@ -632,6 +626,14 @@ async fn drive_lane(core: Rc<Core>, key: String) {
             break;
         }
     }
+}
+
+/// A run that has to wait: an `agent` lifecycle event on the run's next agent seq (the
+/// run's own events continue after it).
+fn announce_queued(core: &Core, run_id: &str, run: &Run, data: Value) {
+    let seq = run.agent_seq.get() + 1;
+    run.agent_seq.set(seq);
+    emit_agent(core, run_id, &run.key, seq, "lifecycle", data);
 }
 
 /// A run aborted before it got to run: its one `aborted` event.

@@ -98,8 +98,8 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             }
         };
         first = false;
-        let trusted = &core.shared.config.gateway.trusted_proxies;
-        if head.forwarded && !super::proxy::is_trusted(peer.ip(), trusted) {
+        let trusted = &core.shared.trusted_proxies;
+        if head.forwarded && !trusted.contains(peer.ip()) {
             // The real gateway refuses forwarded requests from untrusted proxies.
             let _ = stream
                 .write_all(http::json_response(
@@ -124,7 +124,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             let client = head
                 .forwarded_for
                 .as_deref()
-                .and_then(|xff| super::proxy::client_ip(xff, trusted))
+                .and_then(|xff| trusted.client_ip(xff))
                 .map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
             if !echo && !core.preauth_acquire(client.ip()) {
                 let _ = stream

@@ -1,42 +1,72 @@
 //! Trusted reverse proxies (`gateway.trustedProxies`): whether a peer may send forwarding
-//! headers, and which client address a trusted chain reports. Pure functions over strings
-//! and addresses; must not touch sockets or per-core state.
+//! headers, and which client address a trusted chain reports. Parsed once at start-up, then
+//! pure lookups; must not touch sockets or per-core state.
 
 use std::net::IpAddr;
 
-/// True when `peer` matches an entry of `trusted` (an address, or a CIDR `addr/len`).
+/// `gateway.trustedProxies`, parsed once at start-up: each entry an address or a CIDR
+/// `addr/len`, IPv4 kept as IPv4 (IPv4-mapped IPv6 is folded to IPv4 on both sides).
 /// Unparseable entries match nothing.
-pub fn is_trusted(peer: IpAddr, trusted: &[String]) -> bool {
-    let peer = canonical(peer);
-    trusted.iter().any(|t| matches(peer, t.trim()))
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<Net>);
+
+#[derive(Debug, Clone, Copy)]
+struct Net {
+    /// The network address, IPv4 in the top 32 bits.
+    bits: u128,
+    prefix: u32,
+    v4: bool,
 }
 
-fn matches(peer: IpAddr, entry: &str) -> bool {
-    let (addr, len) = match entry.split_once('/') {
-        Some((a, l)) => match l.parse::<u32>() {
-            Ok(l) => (a, Some(l)),
-            Err(_) => return false,
-        },
-        None => (entry, None),
-    };
-    let Ok(net) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    match (canonical(net), peer) {
-        (IpAddr::V4(n), IpAddr::V4(p)) => {
-            let len = len.unwrap_or(32);
-            len <= 32
-                && prefix_eq(
-                    u128::from(u32::from(n)) << 96,
-                    u128::from(u32::from(p)) << 96,
-                    len,
-                )
-        }
-        (IpAddr::V6(n), IpAddr::V6(p)) => {
-            let len = len.unwrap_or(128);
-            len <= 128 && prefix_eq(u128::from(n), u128::from(p), len)
-        }
-        _ => false,
+impl TrustedProxies {
+    /// Parse the configured entries.
+    pub fn parse(entries: &[String]) -> Self {
+        Self(
+            entries
+                .iter()
+                .filter_map(|e| Net::parse(e.trim()))
+                .collect(),
+        )
+    }
+
+    /// True when `peer` is one of the trusted proxies.
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        let (bits, v4) = bits_of(peer);
+        self.0
+            .iter()
+            .any(|n| n.v4 == v4 && prefix_eq(n.bits, bits, n.prefix))
+    }
+
+    /// The client address behind a trusted proxy: walking `X-Forwarded-For` from the right
+    /// (nearest hop first), the first address that is not itself a trusted proxy. `None`
+    /// when the header has no usable address (the caller keeps the peer's).
+    pub fn client_ip(&self, x_forwarded_for: &str) -> Option<IpAddr> {
+        x_forwarded_for
+            .rsplit(',')
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .map(canonical)
+            .find(|ip| !self.contains(*ip))
+    }
+}
+
+impl Net {
+    fn parse(entry: &str) -> Option<Net> {
+        let (addr, len) = match entry.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u32>().ok()?)),
+            None => (entry, None),
+        };
+        let (bits, v4) = bits_of(addr.parse::<IpAddr>().ok()?);
+        let max = if v4 { 32 } else { 128 };
+        let prefix = len.unwrap_or(max);
+        (prefix <= max).then_some(Net { bits, prefix, v4 })
+    }
+}
+
+/// The address as 128 bits (IPv4 in the top 32) and whether it is IPv4.
+fn bits_of(ip: IpAddr) -> (u128, bool) {
+    match canonical(ip) {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, true),
+        IpAddr::V6(v6) => (u128::from(v6), false),
     }
 }
 
@@ -56,23 +86,20 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client address behind a trusted proxy: walking `X-Forwarded-For` from the right
-/// (nearest hop first), the first address that is not itself a trusted proxy. `None` when
-/// the header has no usable address (the caller keeps the peer's).
-pub fn client_ip(x_forwarded_for: &str, trusted: &[String]) -> Option<IpAddr> {
-    x_forwarded_for
-        .rsplit(',')
-        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .map(canonical)
-        .find(|ip| !is_trusted(*ip, trusted))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn list(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn list(v: &[&str]) -> TrustedProxies {
+        TrustedProxies::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    fn is_trusted(ip: IpAddr, t: &TrustedProxies) -> bool {
+        t.contains(ip)
+    }
+
+    fn client_ip(xff: &str, t: &TrustedProxies) -> Option<IpAddr> {
+        t.client_ip(xff)
     }
 
     #[test]
@@ -94,7 +121,7 @@ mod tests {
         assert!(!is_trusted(ip("fd7a:115c:a1e1::1"), &t));
         assert!(!is_trusted(ip("1.2.3.4"), &t));
         assert!(is_trusted(ip("8.8.8.8"), &list(&["0.0.0.0/0"])));
-        assert!(!is_trusted(ip("8.8.8.8"), &[]));
+        assert!(!is_trusted(ip("8.8.8.8"), &list(&[])));
     }
 
     #[test]
