@@ -227,6 +227,44 @@ fn unknown_method_missing_scope_and_post_auth_garbage_keep_the_socket() {
     w.call("status", json!({})).unwrap();
 }
 
+/// The answer to a raw request frame with id `id` (events in between are skipped).
+fn response_to(c: &mut Client, id: &str) -> Value {
+    loop {
+        let v = c.next_json().unwrap();
+        if v["type"] == "res" && v["id"] == id {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn params_are_parsed_only_after_the_scope_check() {
+    let g = Gateway::start("uring");
+    // Nested deeper than serde_json builds trees (128): turning these params into a tree
+    // fails, so whoever answers first shows which check ran first.
+    let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+    let frame = |id: &str| {
+        format!(
+            r#"{{"type":"req","id":"{id}","method":"chat.send","params":{{"sessionKey":"main","message":{deep},"idempotencyKey":"k"}}}}"#
+        )
+    };
+    let mut r = g.connect(&["operator.read"]);
+    r.send_text(frame("deep-1").as_bytes()).unwrap();
+    let v = response_to(&mut r, "deep-1");
+    assert_eq!(v["error"]["code"], "FORBIDDEN", "{v}");
+    assert_eq!(v["error"]["details"]["missingScope"], "operator.write");
+    // A caller allowed to send it gets a clear INVALID_REQUEST, and the socket stays usable.
+    let mut w = g.connect(&["operator.write"]);
+    w.send_text(frame("deep-2").as_bytes()).unwrap();
+    let v = response_to(&mut w, "deep-2");
+    assert_eq!(v["error"]["code"], "INVALID_REQUEST", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("params"),
+        "{v}"
+    );
+    assert_eq!(w.call("health", json!({})).unwrap()["ok"], true);
+}
+
 #[test]
 fn device_signed_connect_pairs_locally_and_the_device_token_reconnects() {
     for d in DRIVERS {

@@ -34,16 +34,55 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// `N` bytes from the OS CSPRNG.
 ///
+/// Small requests are served from a per-thread pool refilled from `getrandom(2)` 512 bytes
+/// at a time: every byte still comes straight from the OS generator and is handed out once
+/// (and wiped from the pool when taken), but a handshake's nonce no longer costs a syscall.
+/// The gateway never forks, so a pool cannot be duplicated into a child.
+///
 /// # Panics
 /// Only if the operating system cannot supply randomness after several attempts: issuing a
 /// predictable secret would be worse than stopping.
-#[allow(clippy::panic)]
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
+    if N > POOL_BYTES {
+        os_random(&mut buf);
+        return buf;
+    }
+    POOL.with(|cell| {
+        let mut pool = cell.borrow_mut();
+        if pool.pos + N > POOL_BYTES {
+            os_random(&mut pool.bytes);
+            pool.pos = 0;
+        }
+        let start = pool.pos;
+        let taken = &mut pool.bytes[start..start + N];
+        buf.copy_from_slice(taken);
+        taken.fill(0);
+        pool.pos += N;
+    });
+    buf
+}
+
+const POOL_BYTES: usize = 512;
+
+struct RandomPool {
+    bytes: [u8; POOL_BYTES],
+    /// Bytes before `pos` were handed out (and wiped); a fresh pool starts empty.
+    pos: usize,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<RandomPool> = const {
+        std::cell::RefCell::new(RandomPool { bytes: [0; POOL_BYTES], pos: POOL_BYTES })
+    };
+}
+
+#[allow(clippy::panic)]
+fn os_random(buf: &mut [u8]) {
     let mut last_err = None;
     for _ in 0..8 {
-        match getrandom::getrandom(&mut buf) {
-            Ok(()) => return buf,
+        match getrandom::getrandom(buf) {
+            Ok(()) => return,
             Err(e) => last_err = Some(e),
         }
     }
@@ -75,6 +114,17 @@ pub fn uuid_v4() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_bytes_never_repeat_across_pool_refills() {
+        let mut seen = std::collections::HashSet::new();
+        // 2 000 × 16 bytes spans many 512-byte refills; a reused or zeroed chunk would repeat.
+        for _ in 0..2000 {
+            assert!(seen.insert(random_bytes::<16>()), "random chunk repeated");
+        }
+        let big = random_bytes::<600>();
+        assert!(big.iter().any(|&b| b != 0));
+    }
 
     #[test]
     fn secret_eq_basic() {

@@ -35,7 +35,11 @@ enum Via {
 }
 
 /// Handle `connect`. On failure the error response is queued and the socket closes.
-pub async fn handle(s: &mut Session, id: &str, params: Option<Value>) -> Verdict {
+pub async fn handle(
+    s: &mut Session,
+    id: &str,
+    params: Option<&serde_json::value::RawValue>,
+) -> Verdict {
     // Single use: whatever happens, this socket's nonce is spent.
     let nonce = s.take_nonce().unwrap_or_default();
     let p = match ConnectParams::parse(params) {

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::auth::{scopes, token};
 use crate::protocol::error::ErrorShape;
 use crate::protocol::frames::{
-    encode_err, encode_event_unsequenced, encode_ok, encode_ok_raw, parse_request,
+    encode_err, encode_event_unsequenced, encode_ok, encode_ok_raw, params_value, parse_request,
 };
 use crate::runtime::core::{now_ms, Authority, Core};
 use crate::transport::outbox::Outbox;
@@ -336,15 +336,33 @@ impl Session {
             let id = req.id.into_owned();
             return connect::handle(self, &id, req.params).await;
         };
-        let params = req.params.unwrap_or(Value::Null);
-        match self.dispatch(&authority, &req.method) {
-            Ok(Handler::Sync(f)) => match f(self, &params) {
+        // Method, role and scope first; only then are the params parsed (a caller cannot
+        // make the gateway build a tree out of params it was never allowed to send).
+        let handler = match self.dispatch(&authority, &req.method) {
+            Ok(h) => h,
+            Err(e) => {
+                self.reply(&encode_err(&req.id, &e, None));
+                return Verdict::Continue;
+            }
+        };
+        if let Handler::Snapshot(f) = handler {
+            self.reply(&encode_ok_raw(&req.id, &f(&self.core)));
+            return Verdict::Continue;
+        }
+        let params = match params_value(req.params) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reply(&encode_err(&req.id, &e, None));
+                return Verdict::Continue;
+            }
+        };
+        match handler {
+            Handler::Sync(f) => match f(self, &params) {
                 Ok(v) => self.reply(&encode_ok(&req.id, &v)),
                 Err(e) => self.reply(&encode_err(&req.id, &e, None)),
             },
-            Ok(Handler::Chat(m)) => chat::handle(self, m, &req.id, &params).await,
-            Ok(Handler::Snapshot(f)) => self.reply(&encode_ok_raw(&req.id, &f(&self.core))),
-            Err(e) => self.reply(&encode_err(&req.id, &e, None)),
+            Handler::Chat(m) => chat::handle(self, m, &req.id, &params).await,
+            Handler::Snapshot(_) => {}
         }
         Verdict::Continue
     }
@@ -466,13 +484,16 @@ fn with_view_sessions<R>(
         sessions_path: &sessions_path,
         heartbeat_seconds: 0,
         platform: std::env::consts::OS,
-        pid: std::process::id(),
+        // Cached: `getpid` is a real syscall on every call (glibc stopped caching it).
+        pid: *PID.get_or_init(std::process::id),
         include_sensitive,
         event_loop: None,
         hot_reload: None,
     };
     f(&view)
 }
+
+static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 /// The gateway's own presence row.
 pub fn gateway_presence(core: &Core) -> Value {

@@ -120,11 +120,16 @@ pub struct ConnectParams {
 
 impl ConnectParams {
     /// Parse and validate enums; errors are `INVALID_REQUEST` like the real validator's.
-    pub fn parse(params: Option<serde_json::Value>) -> Result<Self, ErrorShape> {
-        let v =
+    pub fn parse(params: Option<&serde_json::value::RawValue>) -> Result<Self, ErrorShape> {
+        let raw =
             params.ok_or_else(|| ErrorShape::invalid("invalid connect params: params required"))?;
-        let mut p: ConnectParams = serde_json::from_value(v)
-            .map_err(|e| ErrorShape::invalid(format!("invalid connect params: {e}")))?;
+        // Straight from the frame's bytes into the struct: no intermediate `Value` tree.
+        let mut p: ConnectParams = serde_json::from_str(raw.get()).map_err(|e| {
+            ErrorShape::invalid(format!(
+                "invalid connect params: {}",
+                super::frames::error_message(&e)
+            ))
+        })?;
         p.client.id = p.client.id.to_ascii_lowercase();
         if !CLIENT_IDS.contains(&p.client.id.as_str()) {
             return Err(ErrorShape::invalid(format!(
@@ -209,10 +214,21 @@ mod tests {
     #[test]
     fn parses_the_real_cli_connect_and_rejects_unknown_client_ids() {
         let v = serde_json::json!({"minProtocol":4,"maxProtocol":4,"client":{"id":"CLI","version":"2026.9.6","platform":"linux","deviceFamily":"Linux","mode":"cli","instanceId":"x"},"caps":[],"auth":{"token":"t"},"role":"operator","scopes":["operator.read"],"locale":"en"});
-        let p = ConnectParams::parse(Some(v)).unwrap();
+        let raw = serde_json::value::to_raw_value(&v).unwrap();
+        let p = ConnectParams::parse(Some(&raw)).unwrap();
         assert_eq!(p.client.id, "cli");
         assert_eq!(p.scopes(), ["operator.read".to_string()]);
         let bad = serde_json::json!({"minProtocol":4,"maxProtocol":4,"client":{"id":"evil","mode":"cli"}});
-        assert!(ConnectParams::parse(Some(bad)).is_err());
+        let bad = serde_json::value::to_raw_value(&bad).unwrap();
+        assert!(ConnectParams::parse(Some(&bad)).is_err());
+        let wrong_type =
+            serde_json::value::RawValue::from_string(r#"{"minProtocol":"4"}"#.into()).unwrap();
+        let err = ConnectParams::parse(Some(&wrong_type)).unwrap_err();
+        assert!(
+            err.message.starts_with("invalid connect params: "),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains(" at line "), "{}", err.message);
     }
 }

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::error::ErrorShape;
@@ -23,9 +24,11 @@ pub struct Request<'a> {
     /// Method name.
     #[serde(borrow)]
     pub method: Cow<'a, str>,
-    /// Parameters (any JSON).
-    #[serde(default)]
-    pub params: Option<Value>,
+    /// Parameters (any JSON), left as the raw slice of the frame: the router parses them
+    /// only after the method exists and the caller's role and scopes allow it, so a
+    /// 25 MiB `params` for a method the client may not call is never turned into a tree.
+    #[serde(default, borrow)]
+    pub params: Option<&'a RawValue>,
     /// W3C trace context (≤128 chars).
     #[serde(default)]
     pub traceparent: Option<String>,
@@ -72,10 +75,17 @@ pub fn parse_request(payload: &[u8]) -> Result<Request<'_>, FrameError> {
             Ok(req)
         }
         Err(e) => {
-            // Second, lenient look only to recover the id for a useful answer.
-            let id = serde_json::from_slice::<Value>(payload)
+            // Second, lenient look only to recover the id for a useful answer: every other
+            // field is skipped, never built (no allocation beyond the id).
+            #[derive(Deserialize)]
+            struct IdOnly<'a> {
+                #[serde(borrow, default)]
+                id: Option<Cow<'a, str>>,
+            }
+            let id = serde_json::from_slice::<IdOnly<'_>>(payload)
                 .ok()
-                .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));
+                .and_then(|f| f.id)
+                .map(Cow::into_owned);
             let message = if e.is_syntax() || e.is_eof() {
                 format!("invalid frame: not valid JSON ({e})")
             } else {
@@ -86,6 +96,28 @@ pub fn parse_request(payload: &[u8]) -> Result<Request<'_>, FrameError> {
                 error: ErrorShape::invalid(message),
             })
         }
+    }
+}
+
+/// Parse a request's raw `params` into a tree (`null` when absent). The frame already parsed
+/// as JSON, so this only fails past serde_json's nesting limit.
+pub fn params_value(params: Option<&RawValue>) -> Result<Value, ErrorShape> {
+    match params {
+        None => Ok(Value::Null),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|e| ErrorShape::invalid(format!("invalid request frame: params: {e}"))),
+    }
+}
+
+/// A serde_json error's message without its " at line L column C" suffix (the position in
+/// a sub-slice of a frame means nothing to the client; the real gateway's validator
+/// reports paths, not positions).
+pub fn error_message(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&suffix) {
+        Some(msg) => msg.to_owned(),
+        None => full,
     }
 }
 
@@ -212,7 +244,29 @@ mod tests {
         let req = parse_request(raw).unwrap();
         assert!(matches!(req.id, Cow::Borrowed("1:abc")));
         assert_eq!(req.method, "connect");
-        assert_eq!(req.params.unwrap()["minProtocol"], 4);
+        assert_eq!(params_value(req.params).unwrap()["minProtocol"], 4);
+        let none = parse_request(br#"{"type":"req","id":"2","method":"health"}"#).unwrap();
+        assert_eq!(params_value(none.params).unwrap(), Value::Null);
+    }
+
+    #[test]
+    fn invalid_frames_keep_their_id_even_with_escapes() {
+        let err =
+            parse_request(br#"{"type":"req","id":"a\"b","method":"x","params":{"#).unwrap_err();
+        // Truncated JSON: the lenient pass cannot read it either.
+        assert!(err.id.is_none());
+        let err =
+            parse_request(br#"{"type":"req","id":"a\"b","method":7,"params":[1,2]}"#).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("a\"b"));
+        assert_eq!(err.error.code, "INVALID_REQUEST");
+    }
+
+    #[test]
+    fn error_message_drops_the_position() {
+        let e = serde_json::from_str::<u8>("\"x\"").unwrap_err();
+        let m = error_message(&e);
+        assert!(!m.contains(" at line "), "{m}");
+        assert!(m.contains("invalid type"), "{m}");
     }
 
     #[test]

@@ -246,6 +246,9 @@ async fn accept_loop(
                 if stop.get() {
                     break;
                 }
+                // Linux: accepted sockets inherit TCP_NODELAY from the listener (set in
+                // `bind_listeners`), so no per-connection setsockopt.
+                #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(crate::transport::conn::serve(core.clone(), stream, peer));
             }

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut as _;
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedWriteHalf,
-    Splitable,
+    AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 use serde_json::json;
@@ -25,6 +24,10 @@ use crate::runtime::core::Core;
 
 /// Read buffer size of an idle connection; the pending read of an idle socket pins it.
 pub const IDLE_READ_BUF: usize = 256;
+/// Read buffer size before `hello-ok`: a whole upgrade request or `connect` frame (the real
+/// CLI's is ~600 B, a signed one ~1 KB) arrives in one read instead of three or four. Only
+/// handshaking sockets pay it; the buffer shrinks to [`IDLE_READ_BUF`] once authenticated.
+const HANDSHAKE_READ_BUF: usize = 2048;
 /// Largest write buffer kept between batches.
 const SPARE_WRITE_BUF: usize = 1024;
 /// Largest single read.
@@ -40,7 +43,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Serve one accepted connection.
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
-    let mut buf: Vec<u8> = Vec::with_capacity(IDLE_READ_BUF);
+    let mut buf: Vec<u8> = Vec::with_capacity(HANDSHAKE_READ_BUF);
     let first_deadline =
         Instant::now() + Duration::from_millis(core.shared.opts.handshake_timeout_ms);
     let mut first = true;
@@ -259,7 +262,9 @@ async fn writer_task(mut wr: OwnedWriteHalf<TcpStream>, ob: Rc<Outbox>) {
         }
         ob.write_done();
         if last {
-            let _ = wr.shutdown().await;
+            // Returning drops `wr`, and dropping an owned write half shuts the socket down
+            // (SHUT_WR, the FIN) synchronously; an explicit `shutdown` here was a second,
+            // redundant syscall per connection.
             return;
         }
         b.clear();
@@ -371,11 +376,16 @@ async fn ws_session(
             break;
         }
         // Size the next read: small when idle, up to what the current frame still needs.
-        let want = dec.wanted().clamp(IDLE_READ_BUF, MAX_READ_CHUNK);
-        if buf.is_empty() && buf.capacity() > IDLE_READ_BUF && dec.wanted() == 0 {
-            buf = Vec::with_capacity(IDLE_READ_BUF);
+        let idle_buf = if preauth {
+            HANDSHAKE_READ_BUF
+        } else {
+            IDLE_READ_BUF
+        };
+        let want = dec.wanted().clamp(idle_buf, MAX_READ_CHUNK);
+        if buf.is_empty() && buf.capacity() > idle_buf && dec.wanted() == 0 {
+            buf = Vec::with_capacity(idle_buf);
         }
-        if buf.capacity() - buf.len() < want.min(IDLE_READ_BUF)
+        if buf.capacity() - buf.len() < want.min(idle_buf)
             || (dec.wanted() > 0 && buf.capacity() - buf.len() < want)
         {
             buf.reserve(want);
