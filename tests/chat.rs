@@ -710,3 +710,60 @@ fn reset_trigger_starts_a_fresh_session() {
     let msgs = h["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 2, "only the post-reset turn remains: {h}");
 }
+
+#[test]
+fn sigterm_flushes_the_store_and_a_restart_serves_every_session() {
+    // Rows, labels and transcripts written through the store's I/O thread must all be on
+    // disk after a graceful stop: the last flush waits for that thread.
+    let home = support::temp_dir("graceful");
+    let mut g = Gateway::start_with(Opts {
+        home: Some(home.clone()),
+        ..Opts::default()
+    });
+    let mut c = g.connect(RW);
+    for i in 0..6 {
+        let idem = format!("g{i}");
+        send(
+            &mut c,
+            &format!("graceful{}", i % 3),
+            &format!("turn {i}"),
+            &idem,
+        );
+        chat_until_done(&mut c, &idem, Duration::from_secs(10));
+    }
+    c.call(
+        "sessions.patch",
+        json!({"key": "graceful0", "label": "kept label"}),
+    )
+    .unwrap();
+    drop(c);
+    g.signal("TERM");
+    let status = g
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    drop(g);
+    let g2 = Gateway::start_with(Opts {
+        home: Some(home),
+        ..Opts::default()
+    });
+    let mut c2 = g2.connect(RW);
+    let list = c2.call("sessions.list", json!({})).unwrap();
+    let rows = list["sessions"].as_array().unwrap();
+    for s in 0..3 {
+        let key = format!("agent:main:graceful{s}");
+        let row = rows
+            .iter()
+            .find(|r| r["key"] == key.as_str())
+            .unwrap_or_else(|| panic!("{key} missing after restart: {list}"));
+        if s == 0 {
+            assert_eq!(row["label"], "kept label", "{row}");
+        }
+        let texts = user_texts(&mut c2, &format!("graceful{s}"));
+        assert_eq!(
+            texts,
+            vec![format!("turn {s}"), format!("turn {}", s + 3)],
+            "history of {key}"
+        );
+    }
+}

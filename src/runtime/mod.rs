@@ -172,7 +172,12 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
         &shared.config.paths.state_dir,
         id,
         shared.opts.workers,
-    ) {
+    )
+    .and_then(|mut s| {
+        // fsyncs off the event loop: a slow disk must not stall this core's sockets.
+        s.start_io_thread()?;
+        Ok(s)
+    }) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(message = "Cannot load this core's session shard.", core = id, error = %e);

@@ -5,4 +5,5 @@
 
 pub mod atomic;
 pub mod devices;
+pub mod io_thread;
 pub mod sessions;

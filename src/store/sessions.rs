@@ -7,8 +7,11 @@
 //! [`shard_of`]`(key, workers)` (FNV-1a 64 of the key, modulo `workers`), and only that
 //! core's [`SessionShard`] ever reads or writes the session's index row and transcript.
 //! Requests for a key are routed to its owner over the core mesh; the shard itself is a
-//! plain `!Sync` value doing blocking `std::fs` I/O (small appends, occasional atomic index
-//! rewrites) on its core's thread. Keys handed to a shard must be canonical
+//! plain `!Sync` value doing `std::fs` I/O on its core's thread: appends (one `write(2)`
+//! into the page cache) and reads. Once [`SessionShard::start_io_thread`] has run (the
+//! gateway does so at start-up), every fsync and atomic index rewrite goes to the core's
+//! store thread ([`super::io_thread`]) instead: periodic flushes in the background, index
+//! writes a caller depends on queued behind them and waited for. Keys handed to a shard must be canonical
 //! ([`canonical_key`]) and owned by it; anything else is refused with `InvalidInput`.
 //!
 //! # On-disk layout
@@ -77,6 +80,7 @@ pub use model::{
 };
 
 use super::atomic::write_atomic;
+use super::io_thread::{Failure, Job, StoreIo};
 use crate::auth::token::uuid_v4;
 
 /// Current index shard format version.
@@ -157,6 +161,9 @@ pub struct SessionShard {
     open: HashMap<PathBuf, transcript::Open>,
     /// Directories whose entries changed since the last flush (Batched policy).
     dirs_to_sync: BTreeSet<PathBuf>,
+    /// The core's durable-write thread, once started ([`Self::start_io_thread`]): flushes
+    /// go there in the background and index writes wait on it instead of blocking in place.
+    io: Option<StoreIo>,
 }
 
 /// `<state_dir>/sessions`.
@@ -342,6 +349,7 @@ impl SessionShard {
             last_now_ms: 0,
             open: HashMap::new(),
             dirs_to_sync: BTreeSet::new(),
+            io: None,
         };
         let mut carried = BTreeMap::new();
         for e in read_index(&shard.index_path())? {
@@ -467,14 +475,82 @@ impl SessionShard {
             .ok_or_else(|| io::Error::other(format!("session {key:?} vanished")))
     }
 
-    /// Rewrite this shard's index now (atomic).
+    /// Rewrite this shard's index now (atomic); returns once it is durable. With the I/O
+    /// thread the write queues behind earlier background work (so it cannot be overtaken
+    /// by an older index) and this waits for it.
     fn write_index(&mut self) -> io::Result<()> {
-        let mut rows: Vec<SessionEntry> = self.entries.values().cloned().collect();
-        rows.extend(self.carried.iter().cloned());
-        write_index_file(&self.index_path(), rows)?;
+        let bytes = self.index_bytes()?;
+        match &self.io {
+            Some(io) => io.run_blocking(vec![Job::WriteAtomic {
+                path: self.index_path(),
+                bytes,
+                mode: INDEX_MODE,
+            }])?,
+            None => write_atomic(&self.index_path(), &bytes, INDEX_MODE)?,
+        }
         self.index_dirty = false;
         self.last_index_write_ms = self.last_now_ms;
         Ok(())
+    }
+
+    fn index_bytes(&self) -> io::Result<Vec<u8>> {
+        let mut rows: Vec<SessionEntry> = self.entries.values().cloned().collect();
+        rows.extend(self.carried.iter().cloned());
+        serde_json::to_vec(&IndexFile {
+            version: INDEX_VERSION,
+            entries: rows,
+        })
+        .map_err(io::Error::other)
+    }
+
+    /// Move fsyncs and index rewrites to a thread of their own (named after the core), so
+    /// a slow disk stalls that thread instead of this core's event loop. From then on
+    /// [`Self::flush`] only queues work; failures are picked up (and retried) by the next
+    /// flush. Durability promises are unchanged: what used to be written before a method
+    /// returned still is.
+    pub fn start_io_thread(&mut self) -> io::Result<()> {
+        if self.io.is_none() {
+            self.io = Some(StoreIo::start(format!("clawgate-store-{}", self.core))?);
+        }
+        Ok(())
+    }
+
+    /// Re-queue what failed in background batches.
+    fn absorb_io_failures(&mut self) {
+        let Some(io) = &self.io else { return };
+        for f in io.take_failures() {
+            match f {
+                Failure::Write(_) => self.index_dirty = true,
+                Failure::Dirs(d) => self.dirs_to_sync.extend(d),
+            }
+        }
+    }
+
+    /// The background flush batch: transcript fsyncs, directory fsyncs, the index.
+    fn flush_jobs(&mut self) -> io::Result<Vec<Job>> {
+        let mut jobs = Vec::new();
+        let files: Vec<(PathBuf, std::fs::File)> = std::mem::take(&mut self.open)
+            .into_iter()
+            .filter(|(_, o)| o.unsynced)
+            .map(|(p, o)| (p, o.file))
+            .collect();
+        if !files.is_empty() {
+            jobs.push(Job::SyncFiles(files));
+        }
+        if !self.dirs_to_sync.is_empty() {
+            let dirs = std::mem::take(&mut self.dirs_to_sync);
+            jobs.push(Job::SyncDirs(dirs.into_iter().collect()));
+        }
+        if self.index_dirty {
+            jobs.push(Job::WriteAtomic {
+                path: self.index_path(),
+                bytes: self.index_bytes()?,
+                mode: INDEX_MODE,
+            });
+            self.index_dirty = false;
+            self.last_index_write_ms = self.last_now_ms;
+        }
+        Ok(jobs)
     }
 
     /// Insert/replace a row and persist the index; on failure the previous row is restored.
@@ -558,6 +634,11 @@ impl SessionShard {
     }
 
     fn maybe_write_index(&mut self, now_ms: i64) {
+        if self.io.is_some() {
+            // The periodic flush (≤ 1 s) writes rows in the background; writing here would
+            // make an append wait for the disk.
+            return;
+        }
         if self.index_dirty
             && now_ms.saturating_sub(self.last_index_write_ms) >= self.opts.index_flush_ms
         {
@@ -749,7 +830,23 @@ impl SessionShard {
     /// synced), fsync directories that gained entries, rewrite the index if rows changed,
     /// and close cached transcript handles. Call periodically (≈ `index_flush_ms`) and on
     /// shutdown. Every step is attempted; the first error is returned.
+    ///
+    /// With the I/O thread ([`Self::start_io_thread`]) this only queues the work and returns
+    /// (skipping the round while an earlier batch is still running, so a slow disk gets
+    /// bigger batches rather than a growing queue); failures are logged by the thread and
+    /// retried by a later flush.
     pub fn flush(&mut self) -> io::Result<()> {
+        if self.io.is_some() {
+            self.absorb_io_failures();
+            if self.io.as_ref().is_some_and(StoreIo::is_busy) {
+                return Ok(());
+            }
+            let jobs = self.flush_jobs()?;
+            if let Some(io) = &self.io {
+                io.submit(jobs)?;
+            }
+            return Ok(());
+        }
         let mut first: Option<io::Error> = None;
         if let Err(e) = self.sync_transcripts() {
             first.get_or_insert(e);
@@ -775,6 +872,17 @@ impl SessionShard {
     /// fsync and close every cached transcript handle. Handles that fail to sync stay
     /// cached (and unsynced) for the next attempt.
     fn sync_transcripts(&mut self) -> io::Result<()> {
+        if let Some(io) = &self.io {
+            let files: Vec<(PathBuf, std::fs::File)> = std::mem::take(&mut self.open)
+                .into_iter()
+                .filter(|(_, o)| o.unsynced)
+                .map(|(p, o)| (p, o.file))
+                .collect();
+            if files.is_empty() {
+                return Ok(());
+            }
+            return io.submit(vec![Job::SyncFiles(files)]);
+        }
         let mut first = None;
         for (path, open) in std::mem::take(&mut self.open) {
             if open.unsynced {
@@ -791,7 +899,14 @@ impl SessionShard {
     fn close_transcript(&mut self, path: &Path) -> io::Result<()> {
         if let Some(open) = self.open.remove(path) {
             if open.unsynced {
-                open.file.sync_data()?;
+                match &self.io {
+                    // The handle keeps the inode: a rename that follows on this core does
+                    // not change what gets synced.
+                    Some(io) => {
+                        io.submit(vec![Job::SyncFiles(vec![(path.to_path_buf(), open.file)])])?
+                    }
+                    None => open.file.sync_data()?,
+                }
             }
         }
         Ok(())
@@ -828,6 +943,22 @@ impl SessionShard {
 
 impl Drop for SessionShard {
     fn drop(&mut self) {
+        self.absorb_io_failures();
+        if let Some(io) = self.io.take() {
+            // Last flush: everything pending, waited for (the I/O thread's queue drains
+            // first, then the thread is joined when `io` drops).
+            let jobs = match self.flush_jobs() {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(core = self.core, error = %e, "session index serialization failed");
+                    Vec::new()
+                }
+            };
+            if let Err(e) = io.run_blocking(jobs) {
+                tracing::warn!(core = self.core, error = %e, "session store flush on drop failed");
+            }
+            return;
+        }
         if self.needs_flush() {
             if let Err(e) = self.flush() {
                 tracing::warn!(core = self.core, error = %e, "session store flush on drop failed");
@@ -866,6 +997,39 @@ mod tests {
     fn shard(dir: &Path) -> SessionShard {
         SessionShard::repartition(dir, 1).unwrap();
         SessionShard::load(dir, 0, 1).unwrap()
+    }
+
+    #[test]
+    fn with_the_io_thread_new_rows_are_durable_at_once_and_the_rest_after_flush() {
+        let dir = tmp("io-thread");
+        let mut s = shard(&dir);
+        s.start_io_thread().unwrap();
+        let key = "agent:main:main";
+        s.ensure(key, 1_000).unwrap();
+        // A new session's row is on disk when `ensure` returns (it waited for the thread).
+        let on_disk = read_index(&s.index_path()).unwrap();
+        assert_eq!(on_disk.len(), 1);
+        for i in 0..20 {
+            s.append(
+                key,
+                &msg(&format!("m{i}"), "user", &format!("hello {i}"), 2_000 + i),
+                2_000 + i,
+            )
+            .unwrap();
+        }
+        // Appends are readable at once; the periodic flush only queues the fsyncs and the
+        // row update, and the final flush on drop waits for them.
+        assert_eq!(s.history(key, 100).unwrap().len(), 20);
+        s.flush().unwrap();
+        s.patch(key, &json!({"label": "io"}), 3_000).unwrap();
+        drop(s);
+        let s = SessionShard::load(&dir, 0, 1).unwrap();
+        let e = s.get(key).unwrap();
+        assert_eq!(e.message_count, 20);
+        assert_eq!(e.label.as_deref(), Some("io"));
+        assert_eq!(s.history(key, 100).unwrap().len(), 20);
+        drop(s);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

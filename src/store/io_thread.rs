@@ -1,0 +1,311 @@
+//! A core's durable-write thread: fsyncs and atomic file replacements run here, in FIFO
+//! order, so a slow disk stalls this thread instead of the core's event loop (and every
+//! socket on it).
+//!
+//! Owns: the thread and its bounded job queue. Jobs carry everything they need (file
+//! handles, paths, serialized bytes): the thread never sees the core's state, and the core
+//! never blocks on it except where a caller must know the write is durable before it
+//! answers ([`StoreIo::run_blocking`]). Must not touch: sockets, session maps.
+//!
+//! Ordering: one thread, one queue, so jobs finish in submission order. A background batch
+//! and a later blocking write of the same file can therefore never land out of order (an
+//! older index can never replace a newer one).
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::atomic::write_atomic;
+
+/// Batches that may wait in the queue; a full queue makes the submitter wait (backpressure
+/// from a disk that cannot keep up).
+const QUEUE_SLOTS: usize = 16;
+
+/// One durable-write step.
+#[derive(Debug)]
+pub enum Job {
+    /// fsync (`fdatasync`) each handle, then close it.
+    SyncFiles(Vec<(PathBuf, File)>),
+    /// fsync each directory (new or renamed entries).
+    SyncDirs(Vec<PathBuf>),
+    /// Replace `path` atomically with `bytes` (temp + fsync + rename + dir fsync).
+    WriteAtomic {
+        /// Destination.
+        path: PathBuf,
+        /// Whole new content.
+        bytes: Vec<u8>,
+        /// File mode.
+        mode: u32,
+    },
+}
+
+/// What failed in a background batch, for the owner to retry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// An index write: the owner marks its index dirty again.
+    Write(PathBuf),
+    /// Directory fsyncs to retry.
+    Dirs(Vec<PathBuf>),
+}
+
+struct Batch {
+    jobs: Vec<Job>,
+    /// `Some` for a blocking batch: the first error (or `Ok`) is sent back.
+    reply: Option<SyncSender<io::Result<()>>>,
+}
+
+/// Handle to a core's durable-write thread. Dropping it lets queued work finish, then
+/// joins the thread.
+#[derive(Debug)]
+pub struct StoreIo {
+    tx: Option<SyncSender<Batch>>,
+    failures: Receiver<Failure>,
+    /// Background batches queued or running.
+    pending: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("jobs", &self.jobs.len())
+            .finish()
+    }
+}
+
+impl StoreIo {
+    /// Start the thread (named `name`).
+    pub fn start(name: String) -> io::Result<Self> {
+        let (tx, rx) = sync_channel::<Batch>(QUEUE_SLOTS);
+        let (fail_tx, failures) = sync_channel::<Failure>(1024);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let count = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(&rx, &fail_tx, &count))?;
+        Ok(Self {
+            tx: Some(tx),
+            failures,
+            pending,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queue `jobs` without waiting. Failures come back through [`Self::take_failures`].
+    pub fn submit(&self, jobs: Vec<Job>) -> io::Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let sent = self.send(Batch { jobs, reply: None });
+        if sent.is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Queue `jobs` behind everything already queued and wait for them: the caller answers
+    /// only once the write is durable. Returns the first error.
+    pub fn run_blocking(&self, jobs: Vec<Job>) -> io::Result<()> {
+        let (reply, done) = sync_channel(1);
+        self.send(Batch {
+            jobs,
+            reply: Some(reply),
+        })?;
+        done.recv()
+            .map_err(|_| io::Error::other("session store I/O thread stopped"))?
+    }
+
+    /// A background batch is queued or running (the periodic flush skips a round instead of
+    /// piling batches onto a slow disk).
+    pub fn is_busy(&self) -> bool {
+        self.pending.load(Ordering::Acquire) > 0
+    }
+
+    /// Failures of background batches since the last call.
+    pub fn take_failures(&self) -> Vec<Failure> {
+        let mut out = Vec::new();
+        loop {
+            match self.failures.try_recv() {
+                Ok(f) => out.push(f),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return out,
+            }
+        }
+    }
+
+    fn send(&self, batch: Batch) -> io::Result<()> {
+        self.tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("session store I/O thread stopped"))?
+            .send(batch)
+            .map_err(|_| io::Error::other("session store I/O thread stopped"))
+    }
+}
+
+impl Drop for StoreIo {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after it has finished what was queued.
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(rx: &Receiver<Batch>, failures: &SyncSender<Failure>, pending: &AtomicUsize) {
+    while let Ok(batch) = rx.recv() {
+        let background = batch.reply.is_none();
+        let mut first: Option<io::Error> = None;
+        for job in batch.jobs {
+            if let Err((e, failure)) = execute(job) {
+                if background {
+                    tracing::error!(message = "Session store write failed.", error = %e);
+                    if let Some(f) = failure {
+                        // Full only if the owner stopped draining; the next flush redoes
+                        // the index anyway when rows change again.
+                        let _ = failures.try_send(f);
+                    }
+                }
+                first.get_or_insert(e);
+            }
+        }
+        match batch.reply {
+            Some(reply) => {
+                let _ = reply.send(first.map_or(Ok(()), Err));
+            }
+            None => {
+                pending.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+type JobError = (io::Error, Option<Failure>);
+
+fn execute(job: Job) -> Result<(), JobError> {
+    match job {
+        Job::SyncFiles(files) => {
+            let mut first = None;
+            for (path, file) in files {
+                if let Err(e) = file.sync_data() {
+                    tracing::error!(message = "Transcript fsync failed.", path = %path.display(), error = %e);
+                    first.get_or_insert(e);
+                }
+            }
+            first.map_or(Ok(()), |e| Err((e, None)))
+        }
+        Job::SyncDirs(dirs) => {
+            let mut failed = Vec::new();
+            let mut first = None;
+            for dir in dirs {
+                match File::open(&dir).and_then(|d| d.sync_all()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        failed.push(dir);
+                        first.get_or_insert(e);
+                    }
+                }
+            }
+            match first {
+                None => Ok(()),
+                Some(e) => Err((e, Some(Failure::Dirs(failed)))),
+            }
+        }
+        Job::WriteAtomic { path, bytes, mode } => {
+            write_atomic(&path, &bytes, mode).map_err(|e| (e, Some(Failure::Write(path))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::token::{random_bytes, to_hex};
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "clawgate-io-{tag}-{}-{}",
+            std::process::id(),
+            to_hex(&random_bytes::<6>())
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn jobs_run_in_submission_order_and_blocking_waits_for_earlier_ones() {
+        let dir = tmp("order");
+        let io = StoreIo::start("test-io".into()).unwrap();
+        let path = dir.join("index.json");
+        for i in 0..50 {
+            io.submit(vec![Job::WriteAtomic {
+                path: path.clone(),
+                bytes: format!("{i}").into_bytes(),
+                mode: 0o600,
+            }])
+            .unwrap();
+        }
+        io.run_blocking(vec![Job::WriteAtomic {
+            path: path.clone(),
+            bytes: b"last".to_vec(),
+            mode: 0o600,
+        }])
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"last");
+        drop(io);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn background_failures_are_reported_and_blocking_ones_returned() {
+        let dir = tmp("fail");
+        let io = StoreIo::start("test-io".into()).unwrap();
+        // The parent is a regular file: no directory can be created there.
+        std::fs::write(dir.join("a-file"), b"").unwrap();
+        let bad = dir.join("a-file").join("index.json");
+        io.submit(vec![Job::WriteAtomic {
+            path: bad.clone(),
+            bytes: b"x".to_vec(),
+            mode: 0o600,
+        }])
+        .unwrap();
+        // The blocking batch runs after the failed background one.
+        assert!(io
+            .run_blocking(vec![Job::WriteAtomic {
+                path: bad.clone(),
+                bytes: b"x".to_vec(),
+                mode: 0o600,
+            }])
+            .is_err());
+        assert_eq!(io.take_failures(), vec![Failure::Write(bad)]);
+        assert!(!io.is_busy());
+        drop(io);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dropping_the_handle_finishes_queued_work() {
+        let dir = tmp("drop");
+        let io = StoreIo::start("test-io".into()).unwrap();
+        let f = std::fs::File::create(dir.join("t.jsonl")).unwrap();
+        let path = dir.join("done.json");
+        io.submit(vec![
+            Job::SyncFiles(vec![(dir.join("t.jsonl"), f)]),
+            Job::SyncDirs(vec![dir.clone()]),
+            Job::WriteAtomic {
+                path: path.clone(),
+                bytes: b"{}".to_vec(),
+                mode: 0o600,
+            },
+        ])
+        .unwrap();
+        drop(io);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
