@@ -736,6 +736,10 @@ fn sigterm_flushes_the_store_and_a_restart_serves_every_session() {
         json!({"key": "graceful0", "label": "kept label"}),
     )
     .unwrap();
+    // The last turn's rows (count, transcript length) change only in memory until a flush;
+    // SIGTERM right after it leaves them to the final flush.
+    send(&mut c, "graceful2", "turn 6", "g6");
+    chat_until_done(&mut c, "g6", Duration::from_secs(10));
     drop(c);
     g.signal("TERM");
     let status = g
@@ -743,8 +747,33 @@ fn sigterm_flushes_the_store_and_a_restart_serves_every_session() {
         .expect("gateway exits on SIGTERM");
     assert!(status.success(), "{status:?}");
     drop(g);
+    // Before a restart could rebuild them from transcripts: the index rows on disk match.
+    let state = home.join(".openclaw");
+    let mut rows = Vec::new();
+    for shard in 0..2 {
+        let path = state.join(format!("sessions/index-{shard}-of-2.json"));
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        rows.extend(v["entries"].as_array().unwrap().clone());
+    }
+    for (s, turns) in [(0, 2u64), (1, 2), (2, 3)] {
+        let key = format!("agent:main:graceful{s}");
+        let row = rows
+            .iter()
+            .find(|r| r["key"] == key.as_str())
+            .unwrap_or_else(|| panic!("{key} not in the index after SIGTERM"));
+        assert_eq!(row["messageCount"], turns * 2, "{row}");
+        let transcript = state.join(format!(
+            "agents/main/sessions/{}.jsonl",
+            row["sessionId"].as_str().unwrap()
+        ));
+        assert_eq!(
+            row["transcriptBytes"],
+            std::fs::metadata(&transcript).unwrap().len(),
+            "{row}"
+        );
+    }
     let g2 = Gateway::start_with(Opts {
-        home: Some(home),
+        home: Some(home.clone()),
         ..Opts::default()
     });
     let mut c2 = g2.connect(RW);
@@ -760,10 +789,10 @@ fn sigterm_flushes_the_store_and_a_restart_serves_every_session() {
             assert_eq!(row["label"], "kept label", "{row}");
         }
         let texts = user_texts(&mut c2, &format!("graceful{s}"));
-        assert_eq!(
-            texts,
-            vec![format!("turn {s}"), format!("turn {}", s + 3)],
-            "history of {key}"
-        );
+        let mut want = vec![format!("turn {s}"), format!("turn {}", s + 3)];
+        if s == 2 {
+            want.push("turn 6".into());
+        }
+        assert_eq!(texts, want, "history of {key}");
     }
 }

@@ -48,6 +48,19 @@ pub struct FrameError {
 
 /// Parse one text frame as a request. Never panics.
 pub fn parse_request(payload: &[u8]) -> Result<Request<'_>, FrameError> {
+    // A frame is an object. serde's derive would also accept the positional array form
+    // (`["req","1","health"]`), which no client sends and the real gateway's schema refuses.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let message = if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
+            "invalid request frame: must be a JSON object".to_string()
+        } else {
+            "invalid frame: not valid JSON".to_string()
+        };
+        return Err(FrameError {
+            id: None,
+            error: ErrorShape::invalid(message),
+        });
+    }
     match serde_json::from_slice::<Request<'_>>(payload) {
         Ok(req) => {
             if req.kind != "req" {
@@ -99,13 +112,18 @@ pub fn parse_request(payload: &[u8]) -> Result<Request<'_>, FrameError> {
     }
 }
 
-/// Parse a request's raw `params` into a tree (`null` when absent). The frame already parsed
-/// as JSON, so this only fails past serde_json's nesting limit.
+/// Parse a request's raw `params` into a tree (`null` when absent). The frame's syntax was
+/// checked with the envelope, so this fails only on what skipping did not look at: nesting
+/// past serde_json's limit, or an unpaired UTF-16 surrogate escape in a string.
 pub fn params_value(params: Option<&RawValue>) -> Result<Value, ErrorShape> {
     match params {
         None => Ok(Value::Null),
-        Some(raw) => serde_json::from_str(raw.get())
-            .map_err(|e| ErrorShape::invalid(format!("invalid request frame: params: {e}"))),
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
+            ErrorShape::invalid(format!(
+                "invalid request frame: params: {}",
+                error_message(&e)
+            ))
+        }),
     }
 }
 
@@ -259,6 +277,21 @@ mod tests {
             parse_request(br#"{"type":"req","id":"a\"b","method":7,"params":[1,2]}"#).unwrap_err();
         assert_eq!(err.id.as_deref(), Some("a\"b"));
         assert_eq!(err.error.code, "INVALID_REQUEST");
+    }
+
+    #[test]
+    fn only_objects_are_requests() {
+        let err = parse_request(br#"["req","1","health"]"#).unwrap_err();
+        assert_eq!(err.id, None);
+        assert_eq!(err.error.code, "INVALID_REQUEST");
+        assert!(
+            err.error.message.contains("object"),
+            "{}",
+            err.error.message
+        );
+        let err = parse_request(b"  nope").unwrap_err();
+        assert!(err.error.message.contains("JSON"), "{}", err.error.message);
+        assert!(parse_request(b" \n{\"type\":\"req\",\"id\":\"1\",\"method\":\"health\"}").is_ok());
     }
 
     #[test]

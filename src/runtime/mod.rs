@@ -238,6 +238,9 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
     while core.conn_count() > 0 && std::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Everything this core's store holds reaches the disk before the process exits (not
+    // left to the shard's drop, which waits for the last task holding the core).
+    core.sessions.flush_blocking();
 }
 
 async fn accept_loop(

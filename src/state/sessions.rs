@@ -234,6 +234,11 @@ impl SessionOwner {
         }
     }
 
+    /// Flush and wait until everything is on disk (graceful shutdown).
+    pub fn flush_blocking(&self) {
+        self.shard.borrow_mut().flush_blocking();
+    }
+
     fn dedupe_get(&self, idem: &str) -> Option<Value> {
         let now = now_ms();
         let mut order = self.dedupe_order.borrow_mut();

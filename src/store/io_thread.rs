@@ -54,6 +54,8 @@ pub enum Failure {
 
 struct Batch {
     jobs: Vec<Job>,
+    /// A periodic flush batch (counted by [`StoreIo::is_busy`]).
+    flush: bool,
     /// `Some` for a blocking batch: the first error (or `Ok`) is sent back.
     reply: Option<SyncSender<io::Result<()>>>,
 }
@@ -64,7 +66,7 @@ struct Batch {
 pub struct StoreIo {
     tx: Option<SyncSender<Batch>>,
     failures: Receiver<Failure>,
-    /// Background batches queued or running.
+    /// Flush batches queued or running.
     pending: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
@@ -97,12 +99,28 @@ impl StoreIo {
 
     /// Queue `jobs` without waiting. Failures come back through [`Self::take_failures`].
     pub fn submit(&self, jobs: Vec<Job>) -> io::Result<()> {
+        self.submit_batch(jobs, false)
+    }
+
+    /// Queue the periodic flush's batch: like [`Self::submit`], and [`Self::is_busy`] until
+    /// it has run.
+    pub fn submit_flush(&self, jobs: Vec<Job>) -> io::Result<()> {
+        self.submit_batch(jobs, true)
+    }
+
+    fn submit_batch(&self, jobs: Vec<Job>, flush: bool) -> io::Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        let sent = self.send(Batch { jobs, reply: None });
-        if sent.is_err() {
+        if flush {
+            self.pending.fetch_add(1, Ordering::AcqRel);
+        }
+        let sent = self.send(Batch {
+            jobs,
+            flush,
+            reply: None,
+        });
+        if sent.is_err() && flush {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
         sent
@@ -114,14 +132,16 @@ impl StoreIo {
         let (reply, done) = sync_channel(1);
         self.send(Batch {
             jobs,
+            flush: false,
             reply: Some(reply),
         })?;
         done.recv()
             .map_err(|_| io::Error::other("session store I/O thread stopped"))?
     }
 
-    /// A background batch is queued or running (the periodic flush skips a round instead of
-    /// piling batches onto a slow disk).
+    /// The last flush batch is still queued or running (the periodic flush skips a round
+    /// instead of piling batches onto a slow disk). Other background batches do not count:
+    /// they must never hold flushes off.
     pub fn is_busy(&self) -> bool {
         self.pending.load(Ordering::Acquire) > 0
     }
@@ -161,7 +181,11 @@ fn run(rx: &Receiver<Batch>, failures: &SyncSender<Failure>, pending: &AtomicUsi
         let background = batch.reply.is_none();
         let mut first: Option<io::Error> = None;
         for job in batch.jobs {
-            if let Err((e, failure)) = execute(job) {
+            // A panic must not kill the thread (every later write would fail and `pending`
+            // would never drop): it is this job's error.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(job)))
+                .unwrap_or_else(|_| Err((io::Error::other("session store job panicked"), None)));
+            if let Err((e, failure)) = outcome {
                 if background {
                     tracing::error!(message = "Session store write failed.", error = %e);
                     if let Some(f) = failure {
@@ -177,9 +201,10 @@ fn run(rx: &Receiver<Batch>, failures: &SyncSender<Failure>, pending: &AtomicUsi
             Some(reply) => {
                 let _ = reply.send(first.map_or(Ok(()), Err));
             }
-            None => {
+            None if batch.flush => {
                 pending.fetch_sub(1, Ordering::AcqRel);
             }
+            None => {}
         }
     }
 }
@@ -189,6 +214,9 @@ type JobError = (io::Error, Option<Failure>);
 fn execute(job: Job) -> Result<(), JobError> {
     match job {
         Job::SyncFiles(files) => {
+            // Not retried on failure: after a failed fsync Linux may already have dropped
+            // the dirty pages and a second fsync would report success for lost data. The
+            // error is logged (and returned to a blocking caller).
             let mut first = None;
             for (path, file) in files {
                 if let Err(e) = file.sync_data() {

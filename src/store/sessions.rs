@@ -832,9 +832,10 @@ impl SessionShard {
     /// shutdown. Every step is attempted; the first error is returned.
     ///
     /// With the I/O thread ([`Self::start_io_thread`]) this only queues the work and returns
-    /// (skipping the round while an earlier batch is still running, so a slow disk gets
-    /// bigger batches rather than a growing queue); failures are logged by the thread and
-    /// retried by a later flush.
+    /// (skipping the round while the previous flush batch is still running, so a slow disk
+    /// gets bigger batches rather than a growing queue). Failed index writes and directory
+    /// fsyncs are retried by a later flush; a failed transcript fsync is logged, not retried
+    /// (see [`super::io_thread::Job::SyncFiles`]).
     pub fn flush(&mut self) -> io::Result<()> {
         if self.io.is_some() {
             self.absorb_io_failures();
@@ -843,7 +844,7 @@ impl SessionShard {
             }
             let jobs = self.flush_jobs()?;
             if let Some(io) = &self.io {
-                io.submit(jobs)?;
+                io.submit_flush(jobs)?;
             }
             return Ok(());
         }
@@ -867,6 +868,33 @@ impl SessionShard {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Flush everything pending and wait until it is on disk (shutdown). Without the I/O
+    /// thread this is [`Self::flush`]. A background write that was still queued and failed
+    /// is only known once the thread's queue has drained, so a second round retries it.
+    pub fn flush_blocking(&mut self) {
+        if self.io.is_none() {
+            if let Err(e) = self.flush() {
+                tracing::warn!(core = self.core, error = %e, "session store flush failed");
+            }
+            return;
+        }
+        for _ in 0..2 {
+            self.absorb_io_failures();
+            let jobs = match self.flush_jobs() {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(core = self.core, error = %e, "session index serialization failed");
+                    Vec::new()
+                }
+            };
+            if let Some(io) = &self.io {
+                if let Err(e) = io.run_blocking(jobs) {
+                    tracing::warn!(core = self.core, error = %e, "session store flush failed");
+                }
+            }
+        }
     }
 
     /// fsync and close every cached transcript handle. Handles that fail to sync stay
@@ -943,20 +971,10 @@ impl SessionShard {
 
 impl Drop for SessionShard {
     fn drop(&mut self) {
-        self.absorb_io_failures();
-        if let Some(io) = self.io.take() {
-            // Last flush: everything pending, waited for (the I/O thread's queue drains
-            // first, then the thread is joined when `io` drops).
-            let jobs = match self.flush_jobs() {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::warn!(core = self.core, error = %e, "session index serialization failed");
-                    Vec::new()
-                }
-            };
-            if let Err(e) = io.run_blocking(jobs) {
-                tracing::warn!(core = self.core, error = %e, "session store flush on drop failed");
-            }
+        if self.io.is_some() {
+            self.flush_blocking();
+            // Joins the thread once its queue is empty.
+            self.io = None;
             return;
         }
         if self.needs_flush() {
