@@ -54,6 +54,18 @@ pub enum Parsed {
     TooLarge,
 }
 
+/// The check the real gateway's WebSocket server (`ws`) applies: `^[+/0-9A-Za-z]{22}==$`,
+/// i.e. the shape of 16 base64-encoded bytes, without insisting on canonical padding bits
+/// (a strict base64 decoder would refuse keys that the real gateway accepts).
+fn ws_key_ok(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b.ends_with(b"==")
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
 fn has_token(value: &[u8], token: &str) -> bool {
     std::str::from_utf8(value)
         .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -148,12 +160,7 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
         }
     }
     if upgrade_ws {
-        let key_ok = key.as_deref().is_some_and(|k| {
-            base64::engine::general_purpose::STANDARD
-                .decode(k)
-                .map(|b| b.len() == 16)
-                .unwrap_or(false)
-        });
+        let key_ok = key.as_deref().is_some_and(ws_key_ok);
         head.bad_upgrade = if head.method != "GET" || !head.http11 {
             Some("websocket upgrade requires GET over HTTP/1.1")
         } else if !conn_upgrade {
@@ -228,6 +235,17 @@ pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_keys_are_checked_like_ws_does() {
+        assert!(ws_key_ok("dGhlIHNhbXBsZSBub25jZQ=="));
+        // Non-canonical trailing bits: `ws` (and so the real gateway) accepts it.
+        assert!(ws_key_ok("a0aaAAA+/aaaA0A/A/aa+B=="));
+        assert!(!ws_key_ok("dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!ws_key_ok("dGhlIHNhbXBsZSBub25jZQ-="));
+        assert!(!ws_key_ok("dGhlIHNhbXBsZSBub25jZQ==x"));
+        assert!(!ws_key_ok("dGhlIHNhbXBsZSBub25jZ-=="));
+    }
 
     #[test]
     fn accept_key_matches_rfc6455_example() {
