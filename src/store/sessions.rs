@@ -526,14 +526,19 @@ impl SessionShard {
         }
     }
 
-    /// The background flush batch: transcript fsyncs, directory fsyncs, the index.
-    fn flush_jobs(&mut self) -> io::Result<Vec<Job>> {
-        let mut jobs = Vec::new();
-        let files: Vec<(PathBuf, std::fs::File)> = std::mem::take(&mut self.open)
+    /// Close every cached transcript handle, returning those with unsynced writes.
+    fn take_unsynced(&mut self) -> Vec<(PathBuf, std::fs::File)> {
+        std::mem::take(&mut self.open)
             .into_iter()
             .filter(|(_, o)| o.unsynced)
             .map(|(p, o)| (p, o.file))
-            .collect();
+            .collect()
+    }
+
+    /// The background flush batch: transcript fsyncs, directory fsyncs, the index.
+    fn flush_jobs(&mut self) -> io::Result<Vec<Job>> {
+        let mut jobs = Vec::new();
+        let files = self.take_unsynced();
         if !files.is_empty() {
             jobs.push(Job::SyncFiles(files));
         }
@@ -900,16 +905,12 @@ impl SessionShard {
     /// fsync and close every cached transcript handle. Handles that fail to sync stay
     /// cached (and unsynced) for the next attempt.
     fn sync_transcripts(&mut self) -> io::Result<()> {
-        if let Some(io) = &self.io {
-            let files: Vec<(PathBuf, std::fs::File)> = std::mem::take(&mut self.open)
-                .into_iter()
-                .filter(|(_, o)| o.unsynced)
-                .map(|(p, o)| (p, o.file))
-                .collect();
-            if files.is_empty() {
-                return Ok(());
-            }
-            return io.submit(vec![Job::SyncFiles(files)]);
+        if self.io.is_some() {
+            let files = self.take_unsynced();
+            return match &self.io {
+                Some(io) if !files.is_empty() => io.submit(vec![Job::SyncFiles(files)]),
+                _ => Ok(()),
+            };
         }
         let mut first = None;
         for (path, open) in std::mem::take(&mut self.open) {
