@@ -285,13 +285,12 @@ pub async fn handle(
         &presence.json
     };
     let health_json = s.core.health_payload();
-    let (config_path, state_dir, default_agent) = s.with_view(|v| {
-        (
-            v.config.paths.config_path.display().to_string(),
-            v.config.paths.state_dir.display().to_string(),
-            v.config.default_agent_id().to_string(),
-        )
-    });
+    // Straight from the config: building a whole `SystemView` (session store path and all)
+    // for three strings showed up in handshake profiles.
+    let cfg = &shared.config;
+    let config_path = cfg.paths.config_path.display().to_string();
+    let state_dir = cfg.paths.state_dir.display().to_string();
+    let default_agent = cfg.default_agent_id();
     let main_key = format!("agent:{default_agent}:main");
     let conn_id = format!("{}-{}", s.core.id, s.conn_id);
     let auth_mode = match mode {
