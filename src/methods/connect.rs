@@ -313,7 +313,7 @@ pub async fn handle(
         device_token: issued.as_ref().map(|(t, at)| (t.as_str(), *at)),
         config_path: &config_path,
         state_dir: &state_dir,
-        default_agent_id: &default_agent,
+        default_agent_id: default_agent,
         main_session_key: &main_key,
         auth_mode,
         model_configured: true,
