@@ -288,6 +288,11 @@ fn device_signed_connect_pairs_locally_and_the_device_token_reconnects() {
         let meta = std::fs::metadata(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            on_disk.contains(&id.device_id()),
+            "the pairing is in the file when hello-ok arrives"
+        );
         // A second signed connect with the shared secret gets the same token back (the real
         // gateway's ensureDeviceToken): a client that discarded it is not locked out.
         let (c, again) = Client::connect(&g.url(), &o).unwrap();

@@ -60,6 +60,12 @@ impl DeviceIdentity {
         let _ = getrandom::getrandom(&mut seed);
         Self { seed }
     }
+
+    /// The device id the gateway derives (hex SHA-256 of the raw public key).
+    pub fn device_id(&self) -> String {
+        let key = ed25519_dalek::SigningKey::from_bytes(&self.seed);
+        crate::auth::device::device_id_for(key.verifying_key().as_bytes())
+    }
 }
 
 /// How to connect.

@@ -506,7 +506,7 @@ impl Core {
         match msg {
             MeshMsg::Broadcast(b) => self.fanout_local(&b),
             MeshMsg::DeviceUpsert(d) => self.devices.borrow_mut().put((*d).clone()),
-            MeshMsg::Pair(job, reply) => reply.send(self.pair_as_owner(&job)),
+            MeshMsg::Pair(job, reply) => self.pair_batch(vec![(job, reply)]),
             MeshMsg::PresenceJoin(k, v) => {
                 self.presence_master.borrow_mut().insert(k, v);
                 if k.0 == SYSTEM_EVENT_PRESENCE {
@@ -613,14 +613,14 @@ impl Core {
         }
     }
 
-    /// Core 0: persist the registry (group commit for a batch of pairings) and replicate the
-    /// changed devices to every core. Durable before acknowledged: callers reply only after.
-    fn pair_commit(&self, device_ids: &[&str]) -> Result<(), String> {
+    /// Core 0: replicate the changed records to every other core, then persist the registry
+    /// (group commit for a batch of pairings) on this core's store thread.
+    ///
+    /// Replicating before the write is durable is safe: a device learns its token only from
+    /// the `hello-ok` that waits for this save, so no client can present a token that a
+    /// crash could take back.
+    fn pair_commit(&self, device_ids: &[&str]) -> SaveDone {
         let reg = self.devices.borrow();
-        if let Err(e) = reg.save(&self.shared.config.paths.state_dir) {
-            tracing::error!(message = "Persisting paired devices failed.", error = %e);
-            return Err(format!("cannot persist pairing: {e}"));
-        }
         for id in device_ids {
             if let Some(rec) = reg.get(id) {
                 let rec = Arc::new(rec.clone());
@@ -631,10 +631,21 @@ impl Core {
                 }
             }
         }
-        Ok(())
+        let state_dir = &self.shared.config.paths.state_dir;
+        let queued = match reg.save_job(state_dir) {
+            Ok(job) => self.sessions.store_async(vec![job]),
+            Err(e) => Some(Err(e)),
+        };
+        match queued {
+            Some(Ok(slot)) => SaveDone::Later(slot),
+            Some(Err(e)) => SaveDone::Now(Err(save_error(&e))),
+            // No store thread (tests that build a core by hand): write in place.
+            None => SaveDone::Now(reg.save(state_dir).map_err(|e| save_error(&e))),
+        }
     }
 
-    /// Core 0: apply a batch of pairing jobs with one fsync'd save, then reply to each.
+    /// Core 0: apply a batch of pairing jobs, persist once, then reply to each — from a task
+    /// that waits for the store thread, so this core keeps serving while the disk works.
     pub fn pair_batch(&self, jobs: Vec<(Box<PairJob>, Arc<ReplySlot<PairOutcome>>)>) {
         let mut results = Vec::with_capacity(jobs.len());
         let mut changed = Vec::new();
@@ -646,38 +657,27 @@ impl Core {
             results.push((outcome, reply.clone()));
         }
         let commit = if changed.is_empty() {
-            Ok(())
+            SaveDone::Now(Ok(()))
         } else {
             self.pair_commit(&changed)
         };
-        for (outcome, reply) in results {
-            reply.send(match (&commit, outcome) {
-                (Err(e), PairOutcome::Approved { .. }) => PairOutcome::Failed(e.clone()),
-                (_, o) => o,
-            });
-        }
-    }
-
-    /// Core 0: pair one device (apply, persist if changed, replicate).
-    pub fn pair_as_owner(&self, job: &PairJob) -> PairOutcome {
-        let (outcome, dirty) = self.pair_apply(job);
-        if dirty {
-            if let (Err(e), PairOutcome::Approved { .. }) =
-                (self.pair_commit(&[job.device_id.as_str()]), &outcome)
-            {
-                return PairOutcome::Failed(e);
+        match commit {
+            SaveDone::Now(r) => reply_pairings(results, &r),
+            SaveDone::Later(slot) => {
+                monoio::spawn(async move {
+                    let r = slot.wait().await.map_err(|e| save_error(&e));
+                    reply_pairings(results, &r);
+                });
             }
         }
-        outcome
     }
 
     /// Ask core 0 to pair (direct call when we are core 0).
     pub async fn pair(&self, job: PairJob) -> PairOutcome {
-        if self.id == 0 {
-            return self.pair_as_owner(&job);
-        }
         let slot = ReplySlot::new();
-        if self
+        if self.id == 0 {
+            self.pair_batch(vec![(Box::new(job), slot.clone())]);
+        } else if self
             .shared
             .mesh
             .send(self.id, 0, MeshMsg::Pair(Box::new(job), slot.clone()))
@@ -940,5 +940,31 @@ impl Core {
             Some(scopes::READ),
             true,
         );
+    }
+}
+
+/// How a device-registry save completes.
+enum SaveDone {
+    /// Already done (nothing to write, no store thread, or it could not be queued).
+    Now(Result<(), String>),
+    /// Queued on the store thread; the slot gets the outcome.
+    Later(Arc<ReplySlot<std::io::Result<()>>>),
+}
+
+fn save_error(e: &std::io::Error) -> String {
+    tracing::error!(message = "Persisting paired devices failed.", error = %e);
+    format!("cannot persist pairing: {e}")
+}
+
+/// Answer each pairing of a batch; an approval whose save failed becomes a failure.
+fn reply_pairings(
+    results: Vec<(PairOutcome, Arc<ReplySlot<PairOutcome>>)>,
+    commit: &Result<(), String>,
+) {
+    for (outcome, reply) in results {
+        reply.send(match (commit, outcome) {
+            (Err(e), PairOutcome::Approved { .. }) => PairOutcome::Failed(e.clone()),
+            (_, o) => o,
+        });
     }
 }

@@ -234,6 +234,17 @@ impl SessionOwner {
         }
     }
 
+    /// Queue durable-write jobs on this core's store thread without blocking; `None` when
+    /// the shard has no store thread (the caller writes in place).
+    pub fn store_async(
+        &self,
+        jobs: Vec<crate::store::io_thread::Job>,
+    ) -> Option<
+        std::io::Result<std::sync::Arc<crate::runtime::reply::ReplySlot<std::io::Result<()>>>>,
+    > {
+        self.shard.borrow().io().map(|io| io.run_async(jobs))
+    }
+
     /// Flush and wait until everything is on disk (graceful shutdown).
     pub fn flush_blocking(&self) {
         self.shard.borrow_mut().flush_blocking();

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 
 use super::atomic::write_atomic;
+use super::io_thread::Job;
 use crate::auth::device::decode_public_key;
 use crate::auth::token::{generate_token, sha256, to_hex};
 
@@ -194,6 +195,15 @@ impl DeviceRegistry {
     }
     /// Persist atomically (0600); the `devices` directory is created 0700 if missing.
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        match self.save_job(state_dir)? {
+            Job::WriteAtomic { path, bytes, mode } => write_atomic(&path, &bytes, mode),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Self::save`] as a job for a store thread ([`super::io_thread`]): the registry is
+    /// serialized now (and the directory created), the write happens there.
+    pub fn save_job(&self, state_dir: &Path) -> std::io::Result<Job> {
         use std::os::unix::fs::DirBuilderExt as _;
         let path = paired_path(state_dir);
         if let Some(dir) = path.parent() {
@@ -209,7 +219,11 @@ impl DeviceRegistry {
         let mut bytes = serde_json::to_vec_pretty(&out)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         bytes.push(b'\n');
-        write_atomic(&path, &bytes, 0o600)
+        Ok(Job::WriteAtomic {
+            path,
+            bytes,
+            mode: 0o600,
+        })
     }
     /// Look up a device.
     pub fn get(&self, device_id: &str) -> Option<&PairedDevice> {

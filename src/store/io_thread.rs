@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::atomic::write_atomic;
+use crate::runtime::reply::ReplySlot;
 
 /// Batches that may wait in the queue; a full queue makes the submitter wait (backpressure
 /// from a disk that cannot keep up).
@@ -56,8 +57,17 @@ struct Batch {
     jobs: Vec<Job>,
     /// A periodic flush batch (counted by [`StoreIo::is_busy`]).
     flush: bool,
-    /// `Some` for a blocking batch: the first error (or `Ok`) is sent back.
-    reply: Option<SyncSender<io::Result<()>>>,
+    reply: Reply,
+}
+
+/// Where a batch's outcome (the first error, or `Ok`) goes.
+enum Reply {
+    /// Background: failures are reported through [`StoreIo::take_failures`].
+    None,
+    /// A thread blocked in [`StoreIo::run_blocking`].
+    Blocking(SyncSender<io::Result<()>>),
+    /// A task awaiting [`StoreIo::run_async`]'s slot (woken across threads, no lock).
+    Slot(Arc<ReplySlot<io::Result<()>>>),
 }
 
 /// Handle to a core's durable-write thread. Dropping it lets queued work finish, then
@@ -118,7 +128,7 @@ impl StoreIo {
         let sent = self.send(Batch {
             jobs,
             flush,
-            reply: None,
+            reply: Reply::None,
         });
         if sent.is_err() && flush {
             self.pending.fetch_sub(1, Ordering::AcqRel);
@@ -133,10 +143,22 @@ impl StoreIo {
         self.send(Batch {
             jobs,
             flush: false,
-            reply: Some(reply),
+            reply: Reply::Blocking(reply),
         })?;
         done.recv()
             .map_err(|_| io::Error::other("session store I/O thread stopped"))?
+    }
+
+    /// Queue `jobs` behind everything already queued without blocking; await the returned
+    /// slot for the outcome. The event loop keeps serving while the disk works.
+    pub fn run_async(&self, jobs: Vec<Job>) -> io::Result<Arc<ReplySlot<io::Result<()>>>> {
+        let slot = ReplySlot::new();
+        self.send(Batch {
+            jobs,
+            flush: false,
+            reply: Reply::Slot(slot.clone()),
+        })?;
+        Ok(slot)
     }
 
     /// The last flush batch is still queued or running (the periodic flush skips a round
@@ -178,7 +200,7 @@ impl Drop for StoreIo {
 
 fn run(rx: &Receiver<Batch>, failures: &SyncSender<Failure>, pending: &AtomicUsize) {
     while let Ok(batch) = rx.recv() {
-        let background = batch.reply.is_none();
+        let background = matches!(batch.reply, Reply::None);
         let mut first: Option<io::Error> = None;
         for job in batch.jobs {
             // A panic must not kill the thread (every later write would fail and `pending`
@@ -198,13 +220,14 @@ fn run(rx: &Receiver<Batch>, failures: &SyncSender<Failure>, pending: &AtomicUsi
             }
         }
         match batch.reply {
-            Some(reply) => {
+            Reply::Blocking(reply) => {
                 let _ = reply.send(first.map_or(Ok(()), Err));
             }
-            None if batch.flush => {
+            Reply::Slot(slot) => slot.send(first.map_or(Ok(()), Err)),
+            Reply::None if batch.flush => {
                 pending.fetch_sub(1, Ordering::AcqRel);
             }
-            None => {}
+            Reply::None => {}
         }
     }
 }
@@ -312,6 +335,40 @@ mod tests {
             .is_err());
         assert_eq!(io.take_failures(), vec![Failure::Write(bad)]);
         assert!(!io.is_busy());
+        drop(io);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn run_async_reports_through_its_slot_in_order() {
+        let dir = tmp("async");
+        let io = StoreIo::start("test-io".into()).unwrap();
+        let path = dir.join("paired.json");
+        let first = io
+            .run_async(vec![Job::WriteAtomic {
+                path: path.clone(),
+                bytes: b"1".to_vec(),
+                mode: 0o600,
+            }])
+            .unwrap();
+        std::fs::write(dir.join("a-file"), b"").unwrap();
+        let failing = io
+            .run_async(vec![Job::WriteAtomic {
+                path: dir.join("a-file").join("x"),
+                bytes: b"x".to_vec(),
+                mode: 0o600,
+            }])
+            .unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(first.wait().await.is_ok());
+            assert!(failing.wait().await.is_err());
+        });
+        assert_eq!(std::fs::read(&path).unwrap(), b"1");
+        // A slot's failure is the awaiting caller's to handle, not a background retry.
+        assert!(io.take_failures().is_empty());
         drop(io);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -515,6 +515,12 @@ impl SessionShard {
         Ok(())
     }
 
+    /// The core's store thread, once started (other durable writes of this core, such as
+    /// core 0's device registry, queue on it too).
+    pub fn io(&self) -> Option<&StoreIo> {
+        self.io.as_ref()
+    }
+
     /// Re-queue what failed in background batches.
     fn absorb_io_failures(&mut self) {
         let Some(io) = &self.io else { return };
