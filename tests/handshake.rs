@@ -553,3 +553,47 @@ fn a_signed_connect_with_a_stale_shared_token_is_told_to_retry_with_its_device_t
     };
     assert_eq!(e["details"]["canRetryWithDeviceToken"], false, "{e}");
 }
+
+#[test]
+fn no_device_token_is_handed_out_before_its_pairing_is_on_disk() {
+    // A slow disk: every store-thread write waits 400 ms. Two connects of one new device,
+    // the second while the first one's save is still queued: neither may get `hello-ok`
+    // (and so a token) before the pairing is in paired.json.
+    let g = Gateway::start_with(Opts {
+        extra: vec!["--store-delay-ms".into(), "400".into()],
+        ..Opts::default()
+    });
+    let id = DeviceIdentity::random();
+    let path = g.state_dir.join("devices/paired.json");
+    let o = ConnectOptions {
+        token: Some(g.token.clone()),
+        device: Some(id.clone()),
+        ..ConnectOptions::default()
+    };
+    let connect = |delay_ms: u64| {
+        let (url, o, path, device_id) = (g.url(), o.clone(), path.clone(), id.device_id());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let (c, hello) = Client::connect(&url, &o).unwrap();
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            c.close();
+            (
+                hello["auth"]["deviceToken"].as_str().unwrap().to_string(),
+                on_disk.contains(&device_id),
+            )
+        })
+    };
+    let first = connect(0);
+    let second = connect(150);
+    let (t1, durable1) = first.join().unwrap();
+    let (t2, durable2) = second.join().unwrap();
+    assert!(
+        durable1,
+        "first connect got its token before the pairing was on disk"
+    );
+    assert!(
+        durable2,
+        "second connect got the token before the pairing was on disk"
+    );
+    assert_eq!(t1, t2, "one device, one token");
+}

@@ -138,6 +138,9 @@ struct RunArgs {
     /// Test-only: slots per core-to-core queue (default 2048).
     #[arg(long, hide = true)]
     mesh_queue_slots: Option<usize>,
+    /// Test-only: delay every store-thread batch by this many ms (simulates a slow disk).
+    #[arg(long, hide = true)]
+    store_delay_ms: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -373,6 +376,9 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(t) = a.pong_timeout_ms {
         opts.pong_timeout_ms = t;
+    }
+    if let Some(d) = a.store_delay_ms {
+        opts.store_delay_ms = d;
     }
     if let Some(t) = a.health_interval_ms {
         opts.health_interval_ms = t;

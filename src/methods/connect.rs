@@ -343,8 +343,10 @@ async fn pair(
         scopes: requested.to_vec(),
     };
     // Already paired with everything asked for: answer from this core's replica, no hop to
-    // core 0 (the common reconnect case).
-    if let Some(t) = s.core.devices.borrow().unchanged_token(
+    // core 0 (the common reconnect case) — unless core 0's record is not on disk yet.
+    if !s.core.device_durable(&job.device_id) {
+        // Falls through to `pair`, which waits for (or redoes) the save.
+    } else if let Some(t) = s.core.devices.borrow().unchanged_token(
         &job.device_id,
         &job.public_key,
         &job.role,

@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub health_interval_ms: u64,
     /// Per-connection write budget.
     pub budget: Budget,
+    /// Test-only: every store-thread batch waits this long first (a slow disk).
+    pub store_delay_ms: u64,
 }
 
 impl Default for RunOptions {
@@ -67,6 +69,7 @@ impl Default for RunOptions {
             pong_timeout_ms: 25_000,
             health_interval_ms: 60_000,
             budget: Budget::default(),
+            store_delay_ms: 0,
         }
     }
 }
@@ -239,8 +242,15 @@ pub struct Core {
     conns: RefCell<HashMap<u64, ConnEntry>>,
     next_conn: Cell<u64>,
     preauth_by_ip: RefCell<HashMap<IpAddr, usize>>,
-    /// Replica of the paired-device registry (authoritative on core 0).
+    /// Replica of the paired-device registry (authoritative on core 0). Replicas only ever
+    /// receive records that are on disk.
     pub devices: RefCell<DeviceRegistry>,
+    /// Core 0: devices whose latest change is in a registry save not yet known to be on
+    /// disk (device id → generation of that save). Their tokens must not be handed out.
+    devices_pending: RefCell<HashMap<String, u64>>,
+    /// Core 0: generation of the last registry save queued / completed successfully.
+    devices_queued_gen: Cell<u64>,
+    devices_durable_gen: Cell<u64>,
     /// Replica of the presence list.
     pub presence: RefCell<Arc<PresenceSnap>>,
     presence_master: RefCell<BTreeMap<(usize, u64), Value>>,
@@ -312,6 +322,9 @@ impl Core {
             next_conn: Cell::new(1),
             preauth_by_ip: RefCell::new(HashMap::new()),
             devices: RefCell::new(devices),
+            devices_pending: RefCell::new(HashMap::new()),
+            devices_queued_gen: Cell::new(0),
+            devices_durable_gen: Cell::new(0),
             presence: RefCell::new(Arc::new(PresenceSnap::default())),
             presence_master: RefCell::new(BTreeMap::new()),
             health_version: Cell::new(1),
@@ -506,7 +519,13 @@ impl Core {
         match msg {
             MeshMsg::Broadcast(b) => self.fanout_local(&b),
             MeshMsg::DeviceUpsert(d) => self.devices.borrow_mut().put((*d).clone()),
-            MeshMsg::Pair(job, reply) => self.pair_batch(vec![(job, reply)]),
+            // Pairings need the `Rc` (they answer from a task): see `on_mesh_rc`. Nothing
+            // routes them here; answer rather than leave the requester waiting.
+            MeshMsg::Pair(_, reply) => {
+                reply.send(PairOutcome::Failed(
+                    "pairing routed without its core".into(),
+                ));
+            }
             MeshMsg::PresenceJoin(k, v) => {
                 self.presence_master.borrow_mut().insert(k, v);
                 if k.0 == SYSTEM_EVENT_PRESENCE {
@@ -544,6 +563,7 @@ impl Core {
                     reply.send(r);
                 });
             }
+            MeshMsg::Pair(job, reply) => self.pair_batch(vec![(job, reply)]),
             other => self.on_mesh(other),
         }
     }
@@ -613,22 +633,33 @@ impl Core {
         }
     }
 
-    /// Core 0: replicate the changed records to every other core, then persist the registry
-    /// (group commit for a batch of pairings) on this core's store thread.
-    ///
-    /// Replicating before the write is durable is safe: a device learns its token only from
-    /// the `hello-ok` that waits for this save, so no client can present a token that a
-    /// crash could take back.
+    /// Whether `device_id`'s record in this core's registry is on disk (always true on the
+    /// replicas, which only receive saved records; on core 0 false while its save is queued
+    /// or after it failed).
+    pub fn device_durable(&self, device_id: &str) -> bool {
+        self.devices_pending
+            .borrow()
+            .get(device_id)
+            .is_none_or(|g| *g <= self.devices_durable_gen.get())
+    }
+
+    /// Core 0: persist the registry on this core's store thread (group commit for a batch
+    /// of pairings). The changed records are snapshotted now and replicated to the other
+    /// cores only once the save is on disk, so no core can hand out a token a crash could
+    /// take back.
     fn pair_commit(&self, device_ids: &[&str]) -> SaveDone {
         let reg = self.devices.borrow();
-        for id in device_ids {
-            if let Some(rec) = reg.get(id) {
-                let rec = Arc::new(rec.clone());
-                for to in 0..self.shared.mesh.cores() {
-                    if to != self.id {
-                        self.send_ordered(to, MeshMsg::DeviceUpsert(rec.clone()));
-                    }
-                }
+        let records: Vec<Arc<PairedDevice>> = device_ids
+            .iter()
+            .filter_map(|id| reg.get(id))
+            .map(|rec| Arc::new(rec.clone()))
+            .collect();
+        let gen = self.devices_queued_gen.get() + 1;
+        self.devices_queued_gen.set(gen);
+        {
+            let mut pending = self.devices_pending.borrow_mut();
+            for id in device_ids {
+                pending.insert((*id).to_string(), gen);
             }
         }
         let state_dir = &self.shared.config.paths.state_dir;
@@ -637,21 +668,48 @@ impl Core {
             Err(e) => Some(Err(e)),
         };
         match queued {
-            Some(Ok(slot)) => SaveDone::Later(slot),
+            Some(Ok(slot)) => SaveDone::Later(slot, gen, records),
             Some(Err(e)) => SaveDone::Now(Err(save_error(&e))),
             // No store thread (tests that build a core by hand): write in place.
-            None => SaveDone::Now(reg.save(state_dir).map_err(|e| save_error(&e))),
+            None => {
+                let r = reg.save(state_dir).map_err(|e| save_error(&e));
+                drop(reg);
+                if r.is_ok() {
+                    self.devices_saved(gen, &records);
+                }
+                SaveDone::Now(r)
+            }
+        }
+    }
+
+    /// Core 0: save `gen` is on disk: its devices may hand out tokens, replicas learn them.
+    fn devices_saved(&self, gen: u64, records: &[Arc<PairedDevice>]) {
+        if gen > self.devices_durable_gen.get() {
+            self.devices_durable_gen.set(gen);
+        }
+        let durable = self.devices_durable_gen.get();
+        self.devices_pending
+            .borrow_mut()
+            .retain(|_, g| *g > durable);
+        for rec in records {
+            for to in 0..self.shared.mesh.cores() {
+                if to != self.id {
+                    self.send_ordered(to, MeshMsg::DeviceUpsert(rec.clone()));
+                }
+            }
         }
     }
 
     /// Core 0: apply a batch of pairing jobs, persist once, then reply to each — from a task
-    /// that waits for the store thread, so this core keeps serving while the disk works.
-    pub fn pair_batch(&self, jobs: Vec<(Box<PairJob>, Arc<ReplySlot<PairOutcome>>)>) {
+    /// that waits for the store thread, so this core keeps serving while the disk works. A
+    /// device whose earlier save is still queued (or failed) is saved again with this batch
+    /// and its reply waits for that save: a token is only ever handed out once it is on disk.
+    pub fn pair_batch(self: &Rc<Self>, jobs: Vec<(Box<PairJob>, Arc<ReplySlot<PairOutcome>>)>) {
         let mut results = Vec::with_capacity(jobs.len());
         let mut changed = Vec::new();
         for (job, reply) in &jobs {
             let (outcome, dirty) = self.pair_apply(job);
-            if dirty {
+            if dirty || !self.device_durable(&job.device_id) {
                 changed.push(job.device_id.as_str());
             }
             results.push((outcome, reply.clone()));
@@ -663,9 +721,13 @@ impl Core {
         };
         match commit {
             SaveDone::Now(r) => reply_pairings(results, &r),
-            SaveDone::Later(slot) => {
+            SaveDone::Later(slot, gen, records) => {
+                let core = self.clone();
                 monoio::spawn(async move {
                     let r = slot.wait().await.map_err(|e| save_error(&e));
+                    if r.is_ok() {
+                        core.devices_saved(gen, &records);
+                    }
                     reply_pairings(results, &r);
                 });
             }
@@ -673,7 +735,7 @@ impl Core {
     }
 
     /// Ask core 0 to pair (direct call when we are core 0).
-    pub async fn pair(&self, job: PairJob) -> PairOutcome {
+    pub async fn pair(self: &Rc<Self>, job: PairJob) -> PairOutcome {
         let slot = ReplySlot::new();
         if self.id == 0 {
             self.pair_batch(vec![(Box::new(job), slot.clone())]);
@@ -685,7 +747,13 @@ impl Core {
         {
             return PairOutcome::Failed("gateway busy".into());
         }
-        slot.wait().await
+        // Bounded: a reply lost at shutdown must not pin the connection (and its pre-auth
+        // slot) forever.
+        let limit = std::time::Duration::from_millis(self.shared.opts.handshake_timeout_ms);
+        match monoio::time::timeout(limit, slot.wait()).await {
+            Ok(outcome) => outcome,
+            Err(_) => PairOutcome::Failed("pairing timed out".into()),
+        }
     }
 
     /// Apply a gateway-wide change on core 0: directly when this is core 0, else by message.
@@ -947,8 +1015,13 @@ impl Core {
 enum SaveDone {
     /// Already done (nothing to write, no store thread, or it could not be queued).
     Now(Result<(), String>),
-    /// Queued on the store thread; the slot gets the outcome.
-    Later(Arc<ReplySlot<std::io::Result<()>>>),
+    /// Queued on the store thread as save `gen`; the slot gets the outcome; the records to
+    /// replicate once it is on disk.
+    Later(
+        Arc<ReplySlot<std::io::Result<()>>>,
+        u64,
+        Vec<Arc<PairedDevice>>,
+    ),
 }
 
 fn save_error(e: &std::io::Error) -> String {

@@ -175,7 +175,7 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
     )
     .and_then(|mut s| {
         // fsyncs off the event loop: a slow disk must not stall this core's sockets.
-        s.start_io_thread()?;
+        s.start_io_thread_with(Duration::from_millis(shared.opts.store_delay_ms))?;
         Ok(s)
     }) {
         Ok(s) => s,

@@ -92,13 +92,18 @@ impl std::fmt::Debug for Batch {
 impl StoreIo {
     /// Start the thread (named `name`).
     pub fn start(name: String) -> io::Result<Self> {
+        Self::start_with_delay(name, std::time::Duration::ZERO)
+    }
+
+    /// [`Self::start`], every batch delayed by `delay` first (tests: a slow disk).
+    pub fn start_with_delay(name: String, delay: std::time::Duration) -> io::Result<Self> {
         let (tx, rx) = sync_channel::<Batch>(QUEUE_SLOTS);
         let (fail_tx, failures) = sync_channel::<Failure>(1024);
         let pending = Arc::new(AtomicUsize::new(0));
         let count = pending.clone();
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(&rx, &fail_tx, &count))?;
+            .spawn(move || run(&rx, &fail_tx, &count, delay))?;
         Ok(Self {
             tx: Some(tx),
             failures,
@@ -198,8 +203,16 @@ impl Drop for StoreIo {
     }
 }
 
-fn run(rx: &Receiver<Batch>, failures: &SyncSender<Failure>, pending: &AtomicUsize) {
+fn run(
+    rx: &Receiver<Batch>,
+    failures: &SyncSender<Failure>,
+    pending: &AtomicUsize,
+    delay: std::time::Duration,
+) {
     while let Ok(batch) = rx.recv() {
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let background = matches!(batch.reply, Reply::None);
         let mut first: Option<io::Error> = None;
         for job in batch.jobs {

@@ -509,8 +509,16 @@ impl SessionShard {
     /// flush. Durability promises are unchanged: what used to be written before a method
     /// returned still is.
     pub fn start_io_thread(&mut self) -> io::Result<()> {
+        self.start_io_thread_with(std::time::Duration::ZERO)
+    }
+
+    /// [`Self::start_io_thread`], every batch delayed by `delay` (tests: a slow disk).
+    pub fn start_io_thread_with(&mut self, delay: std::time::Duration) -> io::Result<()> {
         if self.io.is_none() {
-            self.io = Some(StoreIo::start(format!("clawgate-store-{}", self.core))?);
+            self.io = Some(StoreIo::start_with_delay(
+                format!("clawgate-store-{}", self.core),
+                delay,
+            )?);
         }
         Ok(())
     }
