@@ -662,23 +662,18 @@ impl Core {
                 pending.insert((*id).to_string(), gen);
             }
         }
-        let state_dir = &self.shared.config.paths.state_dir;
-        let queued = match reg.save_job(state_dir) {
-            Ok(job) => self.sessions.store_async(vec![job]),
-            Err(e) => Some(Err(e)),
-        };
+        let queued = reg
+            .save_job(&self.shared.config.paths.state_dir)
+            .and_then(|job| self.sessions.store_async(vec![job]));
+        drop(reg);
         match queued {
-            Some(Ok(slot)) => SaveDone::Later(slot, gen, records),
-            Some(Err(e)) => SaveDone::Now(Err(save_error(&e))),
-            // No store thread (tests that build a core by hand): write in place.
-            None => {
-                let r = reg.save(state_dir).map_err(|e| save_error(&e));
-                drop(reg);
-                if r.is_ok() {
-                    self.devices_saved(gen, &records);
-                }
-                SaveDone::Now(r)
+            Ok(Some(slot)) => SaveDone::Later(slot, gen, records),
+            // No store thread: already written in place.
+            Ok(None) => {
+                self.devices_saved(gen, &records);
+                SaveDone::Now(Ok(()))
             }
+            Err(e) => SaveDone::Now(Err(save_error(&e))),
         }
     }
 

@@ -234,15 +234,19 @@ impl SessionOwner {
         }
     }
 
-    /// Queue durable-write jobs on this core's store thread without blocking; `None` when
-    /// the shard has no store thread (the caller writes in place).
+    /// Queue durable-write jobs on this core's store thread without blocking and return the
+    /// slot that gets the outcome; without a store thread (tests that build a core by hand)
+    /// the jobs run in place and `None` means they are done.
     pub fn store_async(
         &self,
         jobs: Vec<crate::store::io_thread::Job>,
-    ) -> Option<
-        std::io::Result<std::sync::Arc<crate::runtime::reply::ReplySlot<std::io::Result<()>>>>,
+    ) -> std::io::Result<
+        Option<std::sync::Arc<crate::runtime::reply::ReplySlot<std::io::Result<()>>>>,
     > {
-        self.shard.borrow().io().map(|io| io.run_async(jobs))
+        match self.shard.borrow().io() {
+            Some(io) => io.run_async(jobs).map(Some),
+            None => crate::store::io_thread::run_inline(jobs).map(|()| None),
+        }
     }
 
     /// Flush and wait until everything is on disk (graceful shutdown).

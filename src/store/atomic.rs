@@ -41,7 +41,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         return Err(e);
     }
     // The rename is only durable once the directory entry is.
-    File::open(&dir)?.sync_all()
+    sync_dir(&dir)
+}
+
+/// fsync a directory so entries created, renamed or removed in it survive power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 fn write_temp(tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 
-use super::atomic::write_atomic;
-use super::io_thread::Job;
+use super::io_thread::{run_inline, Job};
 use crate::auth::device::decode_public_key;
 use crate::auth::token::{generate_token, sha256, to_hex};
 
@@ -195,10 +194,7 @@ impl DeviceRegistry {
     }
     /// Persist atomically (0600); the `devices` directory is created 0700 if missing.
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        match self.save_job(state_dir)? {
-            Job::WriteAtomic { path, bytes, mode } => write_atomic(&path, &bytes, mode),
-            _ => Ok(()),
-        }
+        run_inline(vec![self.save_job(state_dir)?])
     }
 
     /// [`Self::save`] as a job for a store thread ([`super::io_thread`]): the registry is

@@ -19,7 +19,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::atomic::write_atomic;
+use super::atomic::{sync_dir, write_atomic};
 use crate::runtime::reply::ReplySlot;
 
 /// Batches that may wait in the queue; a full queue makes the submitter wait (backpressure
@@ -245,6 +245,18 @@ fn run(
     }
 }
 
+/// Run `jobs` here, on the calling thread (no store thread: start-up, tests, tools).
+/// Returns the first error; every job is attempted.
+pub fn run_inline(jobs: Vec<Job>) -> io::Result<()> {
+    let mut first = None;
+    for job in jobs {
+        if let Err((e, _)) = execute(job) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 type JobError = (io::Error, Option<Failure>);
 
 fn execute(job: Job) -> Result<(), JobError> {
@@ -266,7 +278,7 @@ fn execute(job: Job) -> Result<(), JobError> {
             let mut failed = Vec::new();
             let mut first = None;
             for dir in dirs {
-                match File::open(&dir).and_then(|d| d.sync_all()) {
+                match sync_dir(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {

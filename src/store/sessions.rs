@@ -80,7 +80,7 @@ pub use model::{
 };
 
 use super::atomic::write_atomic;
-use super::io_thread::{Failure, Job, StoreIo};
+use super::io_thread::{run_inline, Failure, Job, StoreIo};
 use crate::auth::token::uuid_v4;
 
 /// Current index shard format version.
@@ -240,13 +240,16 @@ fn read_index(path: &Path) -> io::Result<Vec<SessionEntry>> {
     Ok(file.entries)
 }
 
-fn write_index_file(path: &Path, entries: Vec<SessionEntry>) -> io::Result<()> {
-    let bytes = serde_json::to_vec(&IndexFile {
+fn encode_index(entries: Vec<SessionEntry>) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(&IndexFile {
         version: INDEX_VERSION,
         entries,
     })
-    .map_err(io::Error::other)?;
-    write_atomic(path, &bytes, INDEX_MODE)
+    .map_err(io::Error::other)
+}
+
+fn write_index_file(path: &Path, entries: Vec<SessionEntry>) -> io::Result<()> {
+    write_atomic(path, &encode_index(entries)?, INDEX_MODE)
 }
 
 fn create_dir(dir: &Path) -> io::Result<()> {
@@ -479,14 +482,14 @@ impl SessionShard {
     /// thread the write queues behind earlier background work (so it cannot be overtaken
     /// by an older index) and this waits for it.
     fn write_index(&mut self) -> io::Result<()> {
-        let bytes = self.index_bytes()?;
+        let jobs = vec![Job::WriteAtomic {
+            path: self.index_path(),
+            bytes: self.index_bytes()?,
+            mode: INDEX_MODE,
+        }];
         match &self.io {
-            Some(io) => io.run_blocking(vec![Job::WriteAtomic {
-                path: self.index_path(),
-                bytes,
-                mode: INDEX_MODE,
-            }])?,
-            None => write_atomic(&self.index_path(), &bytes, INDEX_MODE)?,
+            Some(io) => io.run_blocking(jobs)?,
+            None => run_inline(jobs)?,
         }
         self.index_dirty = false;
         self.last_index_write_ms = self.last_now_ms;
@@ -496,11 +499,7 @@ impl SessionShard {
     fn index_bytes(&self) -> io::Result<Vec<u8>> {
         let mut rows: Vec<SessionEntry> = self.entries.values().cloned().collect();
         rows.extend(self.carried.iter().cloned());
-        serde_json::to_vec(&IndexFile {
-            version: INDEX_VERSION,
-            entries: rows,
-        })
-        .map_err(io::Error::other)
+        encode_index(rows)
     }
 
     /// Move fsyncs and index rewrites to a thread of their own (named after the core), so

@@ -104,10 +104,7 @@ pub fn append_line(open: &mut Open, msg: &TranscriptMessage) -> io::Result<u64> 
     Ok(n)
 }
 
-/// fsync a directory so entries created/renamed in it survive power loss.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub use super::super::atomic::sync_dir;
 
 /// Parse JSON Lines, skipping blank and undecodable lines (torn writes, NUL runs left by
 /// power loss). Returns the messages and how many lines were skipped.
