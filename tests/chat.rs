@@ -796,3 +796,102 @@ fn sigterm_flushes_the_store_and_a_restart_serves_every_session() {
         assert_eq!(texts, want, "history of {key}");
     }
 }
+
+#[test]
+fn a_slow_disk_delays_only_the_acks_that_need_it_never_the_core() {
+    // One worker, every store-thread write 400 ms late. A new session's `chat.send` is
+    // acknowledged only once its row is in the on-disk index, and no event of its run comes
+    // before that ack; meanwhile the same core keeps answering another client.
+    let g = Gateway::start_with(Opts {
+        workers: 1,
+        extra: vec!["--store-delay-ms".into(), "400".into()],
+        ..Opts::default()
+    });
+    let index = g.state_dir.join("sessions/index-0-of-1.json");
+    let in_index = |needle: &str| {
+        std::fs::read_to_string(&index)
+            .unwrap_or_default()
+            .contains(needle)
+    };
+    let mut a = g.connect(RW);
+    let mut b = g.connect(RW);
+    let sender = std::thread::spawn(move || {
+        let req = json!({"type": "req", "id": "slow-1", "method": "chat.send",
+            "params": {"sessionKey": "slowdisk", "message": "hello", "idempotencyKey": "slow-run"}});
+        a.send_text(req.to_string().as_bytes()).unwrap();
+        let mut early_events = Vec::new();
+        let ack = loop {
+            let v = a.next_json().unwrap();
+            if v["type"] == "res" && v["id"] == "slow-1" {
+                break v;
+            }
+            if (v["event"] == "chat" || v["event"] == "agent")
+                && v["payload"]["runId"] == "slow-run"
+            {
+                early_events.push(v);
+            }
+        };
+        (a, ack, early_events, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    b.call("health", json!({})).unwrap();
+    let health_at = Instant::now();
+    let (mut a, ack, early_events, ack_at) = sender.join().unwrap();
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert!(
+        in_index("agent:main:slowdisk"),
+        "acknowledged before the new session's row was on disk"
+    );
+    assert!(
+        early_events.is_empty(),
+        "run events before the ack: {early_events:?}"
+    );
+    assert!(
+        health_at < ack_at,
+        "the core stalled: another client's health answer came after the slow ack"
+    );
+    chat_until_done(&mut a, "slow-run", Duration::from_secs(20));
+    // A retried key while the first is acknowledged: the same run, no second message.
+    let again = a
+        .call(
+            "chat.send",
+            json!({"sessionKey": "slowdisk", "message": "hello", "idempotencyKey": "slow-run"}),
+        )
+        .unwrap();
+    assert_eq!(again["runId"], "slow-run");
+    assert_eq!(user_texts(&mut a, "slowdisk"), vec!["hello".to_string()]);
+
+    // patch / delete answer once the index on disk says so.
+    a.call(
+        "sessions.patch",
+        json!({"key": "slowpatch", "label": "durable label"}),
+    )
+    .unwrap();
+    assert!(
+        in_index("durable label"),
+        "patch acknowledged before it was on disk"
+    );
+    let row = a.call("sessions.list", json!({})).unwrap();
+    let sid = row["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "agent:main:slowdisk")
+        .and_then(|s| s["sessionId"].as_str())
+        .unwrap()
+        .to_string();
+    let transcript = g
+        .state_dir
+        .join(format!("agents/main/sessions/{sid}.jsonl"));
+    assert!(transcript.exists());
+    a.call(
+        "sessions.delete",
+        json!({"key": "slowdisk", "deleteTranscript": true}),
+    )
+    .unwrap();
+    assert!(
+        !in_index("agent:main:slowdisk"),
+        "delete acknowledged before the index dropped the row"
+    );
+    assert!(!transcript.exists(), "transcript still there after delete");
+}

@@ -296,6 +296,7 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
         if last_maintenance.elapsed() >= Duration::from_secs(60) {
             last_maintenance = std::time::Instant::now();
             core.sessions.maintain(core::now_ms());
+            crate::state::sessions::kick_index(&core);
         }
         let now = core.shared.uptime_ms();
         let pong_window = i64::try_from(core.shared.opts.pong_timeout_ms).unwrap_or(i64::MAX);

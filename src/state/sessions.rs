@@ -12,6 +12,11 @@
 //! `agent.wait` on it reports `timeout` until it ends, and a lane holds at most
 //! [`MAX_RUNS_PER_LANE`] (more sends are refused before anything is written). Unfinished
 //! runs are never evicted from the run table.
+//!
+//! Durability without stalling the core: the shard only stages index rows that a reply
+//! depends on; [`persisted`] starts the core's one in-flight index write ([`kick_index`])
+//! and parks the request's task until the row is on disk (bounded by `STORE_WAIT`), while
+//! every other connection on the core keeps being served.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -25,7 +30,7 @@ use crate::auth::scopes;
 use crate::methods::system::SessionSummary;
 use crate::protocol::error::{ErrorShape, UNAVAILABLE};
 use crate::runtime::core::{now_ms, Core};
-use crate::store::sessions::{SessionShard, TranscriptMessage};
+use crate::store::sessions::{Durability, IndexWrite, SessionShard, TranscriptMessage};
 
 /// Dedupe entries live this long (PROTOCOL.md §7).
 pub const DEDUPE_TTL_MS: i64 = 300_000;
@@ -182,14 +187,19 @@ impl Run {
     }
 }
 
+/// What a `chat.send`/`agent` answered (a retried idempotency key gets the same).
+type SendOutcome = Result<Value, ErrorShape>;
+
 /// Per-core owner of sessions.
 pub struct SessionOwner {
     shard: RefCell<SessionShard>,
     lanes: RefCell<HashMap<String, VecDeque<String>>>,
     runs: RefCell<HashMap<String, Rc<Run>>>,
     run_order: RefCell<VecDeque<(i64, String)>>,
-    dedupe: RefCell<HashMap<String, (i64, Value)>>,
+    dedupe: RefCell<HashMap<String, (i64, SendOutcome)>>,
     dedupe_order: RefCell<VecDeque<(i64, String)>>,
+    /// Tasks waiting for an index write to finish ([`persisted`]).
+    index_waiters: RefCell<Vec<std::task::Waker>>,
     policy: crate::state::policy::SessionPolicy,
     workers: usize,
 }
@@ -208,6 +218,7 @@ impl SessionOwner {
             run_order: RefCell::new(VecDeque::new()),
             dedupe: RefCell::new(HashMap::new()),
             dedupe_order: RefCell::new(VecDeque::new()),
+            index_waiters: RefCell::new(Vec::new()),
             policy,
             workers: workers.max(1),
         }
@@ -249,12 +260,19 @@ impl SessionOwner {
         }
     }
 
+    fn wake_index_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.index_waiters.borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
+    }
+
     /// Flush and wait until everything is on disk (graceful shutdown).
     pub fn flush_blocking(&self) {
         self.shard.borrow_mut().flush_blocking();
     }
 
-    fn dedupe_get(&self, idem: &str) -> Option<Value> {
+    fn dedupe_get(&self, idem: &str) -> Option<SendOutcome> {
         let now = now_ms();
         let mut order = self.dedupe_order.borrow_mut();
         let mut map = self.dedupe.borrow_mut();
@@ -269,7 +287,7 @@ impl SessionOwner {
         map.get(idem).map(|(_, v)| v.clone())
     }
 
-    fn dedupe_put(&self, idem: &str, v: Value) {
+    fn dedupe_put(&self, idem: &str, v: SendOutcome) {
         let now = now_ms();
         self.dedupe.borrow_mut().insert(idem.to_string(), (now, v));
         self.dedupe_order
@@ -305,6 +323,65 @@ fn store_err(e: std::io::Error) -> ErrorShape {
     ErrorShape::new(UNAVAILABLE, format!("session store error: {e}")).retry_after(1000)
 }
 
+/// Longest a reply waits for its session row to reach the on-disk index.
+const STORE_WAIT: Duration = Duration::from_secs(30);
+
+/// Start the next index write if staged rows wait for one and none is in flight; the task
+/// that awaits it reports the outcome, wakes [`persisted`] waiters and starts the next.
+pub fn kick_index(core: &Rc<Core>) {
+    let started = core.sessions.shard.borrow_mut().start_index_write();
+    match started {
+        IndexWrite::Idle => {}
+        IndexWrite::Finished => core.sessions.wake_index_waiters(),
+        IndexWrite::Queued(gen, slot) => {
+            let core = core.clone();
+            monoio::spawn(async move {
+                let outcome = slot.wait().await;
+                core.sessions
+                    .shard
+                    .borrow_mut()
+                    .index_write_done(gen, outcome);
+                core.sessions.wake_index_waiters();
+                kick_index(&core);
+            });
+        }
+    }
+}
+
+/// Wait (bounded) until `key`'s latest change is in the on-disk index. The core keeps
+/// serving meanwhile; changes of other sessions made while one write is in flight share
+/// the next write.
+pub async fn persisted(core: &Rc<Core>, key: &str) -> Result<(), ErrorShape> {
+    let state = core.sessions.shard.borrow().durability(key);
+    if state == Durability::Durable {
+        return Ok(());
+    }
+    kick_index(core);
+    let wait = std::future::poll_fn(|cx| match core.sessions.shard.borrow().durability(key) {
+        Durability::Durable => std::task::Poll::Ready(Ok(())),
+        Durability::Failed(msg) => std::task::Poll::Ready(Err(ErrorShape::new(
+            UNAVAILABLE,
+            format!("session store error: {msg}"),
+        )
+        .retry_after(1000))),
+        Durability::Pending => {
+            core.sessions
+                .index_waiters
+                .borrow_mut()
+                .push(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    });
+    match monoio::time::timeout(STORE_WAIT, wait).await {
+        Ok(r) => r,
+        Err(_) => Err(ErrorShape::new(
+            UNAVAILABLE,
+            "session store is not keeping up (disk too slow); retry",
+        )
+        .retry_after(5000)),
+    }
+}
+
 /// Execute an op on the owner core.
 pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
     let owner = &core.sessions;
@@ -315,7 +392,7 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             idem,
             agent_style,
             deadline,
-        } => OpReply::Value(send(core, key, message, idem, agent_style, deadline)),
+        } => OpReply::Value(send(core, key, message, idem, agent_style, deadline).await),
         SessionOp::Abort { key, run_id } => {
             OpReply::Value(Ok(abort(core, &key, run_id.as_deref())))
         }
@@ -377,6 +454,11 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
                 .borrow_mut()
                 .patch(&key, &patch, now_ms())
                 .map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
+            if r.is_ok() {
+                if let Err(e) = persisted(core, &key).await {
+                    return OpReply::Value(Err(e));
+                }
+            }
             match r {
                 Ok(entry) => {
                     sessions_changed(core, &key, "patch");
@@ -394,6 +476,11 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
                 .borrow_mut()
                 .reset(&key, now_ms())
                 .map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
+            if r.is_ok() {
+                if let Err(e) = persisted(core, &key).await {
+                    return OpReply::Value(Err(e));
+                }
+            }
             match r {
                 Ok(entry) => {
                     sessions_changed(core, &key, "reset");
@@ -407,7 +494,13 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             delete_transcript,
         } => {
             abort(core, &key, None);
-            match owner.shard.borrow_mut().delete(&key, delete_transcript) {
+            let r = owner.shard.borrow_mut().delete(&key, delete_transcript);
+            if let Ok(true) = r {
+                if let Err(e) = persisted(core, &key).await {
+                    return OpReply::Value(Err(e));
+                }
+            }
+            match r {
                 Ok(deleted) => {
                     if deleted {
                         sessions_changed(core, &key, "delete");
@@ -459,7 +552,12 @@ fn sessions_changed(core: &Core, key: &str, reason: &str) {
     );
 }
 
-fn send(
+/// `chat.send` / `agent` on the owner core. Everything up to the run's place in its lane
+/// happens at once, in arrival order; the ack waits until the session's row is in the
+/// on-disk index (a new or reset session), so an acknowledged message is never in a
+/// transcript the index does not know. If that write fails the run is aborted before it
+/// starts and the send fails (the same error for a retry with this idempotency key).
+async fn send(
     core: &Rc<Core>,
     key: String,
     message: String,
@@ -467,10 +565,40 @@ fn send(
     agent_style: bool,
     deadline: Option<Duration>,
 ) -> Result<Value, ErrorShape> {
-    let owner = &core.sessions;
-    if let Some(prev) = owner.dedupe_get(&idem) {
-        return Ok(prev);
+    let (ack, start_lane) = match core.sessions.dedupe_get(&idem) {
+        Some(prev) => (prev?, false),
+        None => send_now(core, &key, message, &idem, agent_style, deadline)?,
+    };
+    let durable = persisted(core, &key).await;
+    if let Err(e) = &durable {
+        let run = core.sessions.runs.borrow().get(&idem).cloned();
+        if let Some(run) = run {
+            if !run.finished() && run.status.get() == RunStatus::Queued {
+                run.abort.abort();
+            }
+        }
+        core.sessions.dedupe_put(&idem, Err(e.clone()));
     }
+    if start_lane {
+        // Spawned only now, so the run's first event is published after this ack leaves
+        // (a local caller writes it before the lane task is first polled).
+        monoio::spawn(drive_lane(core.clone(), key));
+    }
+    durable.map(|()| ack)
+}
+
+/// The synchronous part of [`send`]: returns the ack and whether this run starts its lane.
+fn send_now(
+    core: &Rc<Core>,
+    key: &str,
+    message: String,
+    idem: &str,
+    agent_style: bool,
+    deadline: Option<Duration>,
+) -> Result<(Value, bool), ErrorShape> {
+    let owner = &core.sessions;
+    let key = key.to_string();
+    let idem = idem.to_string();
     // Budget: a session's lane holds a bounded number of runs; past it the send is refused
     // (not acknowledged, nothing written), so nothing accepted is ever dropped.
     let queued = owner.lanes.borrow().get(&key).map_or(0, |l| l.len());
@@ -541,9 +669,7 @@ fn send(
         lane.push_back(idem.clone());
         lane.len() - 1
     };
-    if ahead == 0 {
-        monoio::spawn(drive_lane(core.clone(), key.clone()));
-    } else {
+    if ahead > 0 {
         // Queued behind this session's current run: every client sees it waiting.
         announce_queued(
             core,
@@ -558,8 +684,8 @@ fn send(
     } else {
         json!({"runId": idem, "status": "started"})
     };
-    owner.dedupe_put(&idem, ack.clone());
-    Ok(ack)
+    owner.dedupe_put(&idem, Ok(ack.clone()));
+    Ok((ack, ahead == 0))
 }
 
 fn abort(core: &Core, key: &str, run_id: Option<&str>) -> Value {
@@ -595,6 +721,9 @@ async fn drive_lane(core: Rc<Core>, key: String) {
             .get(&key)
             .and_then(|l| l.front().cloned());
         let Some(run_id) = next else { break };
+        // Events only after the send's ack: a new session's row must be on disk first (a
+        // failure there aborts the run in `send`; a later change of the row only delays).
+        let _ = persisted(&core, &key).await;
         let run = core.sessions.runs.borrow().get(&run_id).cloned();
         if let Some(run) = run {
             if run.abort.is_aborted() {

@@ -45,8 +45,16 @@
 //!     left by power loss is skipped on read, never an error, and later appends start on a
 //!     fresh line.
 //! * Index rows: creating a session ([`SessionShard::ensure`], or `append`/`patch`/`reset`
-//!   on a new key), `patch`, `reset`, `delete` and `maintain` rewrite the shard index
-//!   before returning. The per-message row updates of `append`/`update` (count, preview,
+//!   on a new key), `patch`, `reset`, `delete` and `maintain` change rows the index must
+//!   carry before anyone is told. Without a store thread they rewrite the shard index
+//!   before returning. With one they only *stage* the change: the owner core reads
+//!   [`SessionShard::durability`] of the key, starts the write with
+//!   [`SessionShard::start_index_write`] (one in flight per shard; changes staged meanwhile
+//!   ride the next one — group commit), awaits its slot, reports it with
+//!   [`SessionShard::index_write_done`], and only then answers. The core keeps serving
+//!   while the disk works. Work that may only follow a durable index (renaming a reset
+//!   session's old transcript, deleting one) waits for that write too, so a crash never
+//!   leaves an index row pointing at a file that is gone. The per-message row updates of `append`/`update` (count, preview,
 //!   `updatedAt`, run state) are written at most every [`StoreOptions::index_flush_ms`]
 //!   (on the next append after the interval) or by `flush`; after a crash they are
 //!   recovered from the transcript at load.
@@ -164,6 +172,67 @@ pub struct SessionShard {
     /// The core's durable-write thread, once started ([`Self::start_io_thread`]): flushes
     /// go there in the background and index writes wait on it instead of blocking in place.
     io: Option<StoreIo>,
+    /// Staged row changes and the index writes that carry them (with the store thread).
+    commits: Commits,
+}
+
+/// Where a key's latest staged change stands (see [`SessionShard::durability`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// In the on-disk index (or nothing was staged).
+    Durable,
+    /// Waiting for an index write (queued, in flight, or not yet started).
+    Pending,
+    /// The write meant to carry it failed (the message); it stays staged and the next
+    /// change of the key, or the next flush, writes it again.
+    Failed(String),
+}
+
+/// What [`SessionShard::start_index_write`] did.
+pub enum IndexWrite {
+    /// Nothing waits for a write, or one is in flight (its completion starts the next).
+    Idle,
+    /// It ran (or failed) in place: [`SessionShard::durability`] has changed.
+    Finished,
+    /// Queued as generation `.0`: await the slot, then report it through
+    /// [`SessionShard::index_write_done`].
+    Queued(
+        u64,
+        std::sync::Arc<crate::runtime::reply::ReplySlot<io::Result<()>>>,
+    ),
+}
+
+/// A follow-up that may only happen once the index no longer points at a file.
+#[derive(Debug)]
+enum AfterIndex {
+    /// Rename a transcript that is no longer current (`<sid>.<what>.<ms>.jsonl`).
+    Retire {
+        path: PathBuf,
+        session_id: String,
+        what: &'static str,
+        now_ms: i64,
+    },
+    /// Delete a transcript.
+    Remove(PathBuf),
+}
+
+/// Group commit of staged rows: generation `n` is the n-th index write a reply waits for.
+#[derive(Debug, Default)]
+struct Commits {
+    /// Last generation handed to the store thread.
+    queued: u64,
+    /// Last generation whose outcome is known.
+    done: u64,
+    /// Last generation that reached the disk (every later one also carries what it did).
+    ok: u64,
+    /// A write is queued or running: changes staged now need the next one.
+    in_flight: bool,
+    /// Key → the generation that must succeed for its latest change to be durable.
+    waiting: HashMap<String, u64>,
+    /// Follow-ups, each after its generation succeeded.
+    after: Vec<(u64, AfterIndex)>,
+    /// Why the last failed write failed.
+    last_error: Option<String>,
 }
 
 /// `<state_dir>/sessions`.
@@ -353,6 +422,7 @@ impl SessionShard {
             open: HashMap::new(),
             dirs_to_sync: BTreeSet::new(),
             io: None,
+            commits: Commits::default(),
         };
         let mut carried = BTreeMap::new();
         for e in read_index(&shard.index_path())? {
@@ -571,18 +641,165 @@ impl SessionShard {
         Ok(jobs)
     }
 
-    /// Insert/replace a row and persist the index; on failure the previous row is restored.
-    fn commit(&mut self, next: SessionEntry) -> io::Result<()> {
+    /// Insert/replace a row and persist it: in place (on failure the previous row is
+    /// restored), or staged for the owner's next index write (see the module docs).
+    fn commit(&mut self, next: SessionEntry, after: Vec<AfterIndex>) -> io::Result<()> {
         let key = next.key.clone();
         let prev = self.entries.insert(key.clone(), next);
+        self.persist_change(&key, prev, after)
+    }
+
+    /// `key`'s row changed (its previous value is `prev`): stage it behind the next index
+    /// write, or, without a store thread, write the index now (restoring `prev` on failure)
+    /// and run `after`.
+    fn persist_change(
+        &mut self,
+        key: &str,
+        prev: Option<SessionEntry>,
+        after: Vec<AfterIndex>,
+    ) -> io::Result<()> {
+        if self.io.is_some() {
+            let gen = self.commits.queued + 1;
+            self.commits.waiting.insert(key.to_string(), gen);
+            self.commits
+                .after
+                .extend(after.into_iter().map(|a| (gen, a)));
+            self.index_dirty = true;
+            return Ok(());
+        }
         if let Err(e) = self.write_index() {
             match prev {
-                Some(p) => self.entries.insert(key, p),
-                None => self.entries.remove(&key),
+                Some(p) => self.entries.insert(key.to_string(), p),
+                None => self.entries.remove(key),
             };
             return Err(e);
         }
+        for a in after {
+            self.run_after(a);
+        }
         Ok(())
+    }
+
+    fn run_after(&mut self, a: AfterIndex) {
+        match a {
+            AfterIndex::Retire {
+                path,
+                session_id,
+                what,
+                now_ms,
+            } => self.retire_transcript(&path, &session_id, what, now_ms),
+            AfterIndex::Remove(path) => match fs::remove_file(&path) {
+                Ok(()) => self.note_dir_change(&path),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete transcript");
+                }
+            },
+        }
+    }
+
+    /// Whether `key`'s latest change is in the on-disk index. Always
+    /// [`Durability::Durable`] without a store thread (changes are written in place).
+    pub fn durability(&self, key: &str) -> Durability {
+        let c = &self.commits;
+        match c.waiting.get(key) {
+            None => Durability::Durable,
+            Some(g) if *g <= c.ok => Durability::Durable,
+            Some(g) if *g <= c.done => Durability::Failed(
+                c.last_error
+                    .clone()
+                    .unwrap_or_else(|| "session index write failed".into()),
+            ),
+            Some(_) => Durability::Pending,
+        }
+    }
+
+    /// A key whose write failed is staged again, for the next write.
+    fn restage_failed(&mut self, key: &str) {
+        if let Durability::Failed(_) = self.durability(key) {
+            let gen = self.commits.queued + 1;
+            self.commits.waiting.insert(key.to_string(), gen);
+            for (g, _) in &mut self.commits.after {
+                if *g <= self.commits.done && *g > self.commits.ok {
+                    *g = gen;
+                }
+            }
+        }
+    }
+
+    /// Start the index write that carries the staged changes, unless one is already in
+    /// flight (its completion starts the next) or nothing waits for one.
+    pub fn start_index_write(&mut self) -> IndexWrite {
+        let c = &self.commits;
+        if c.in_flight || !c.waiting.values().any(|g| *g > c.queued) {
+            return IndexWrite::Idle;
+        }
+        let gen = c.queued + 1;
+        self.commits.queued = gen;
+        let bytes = match self.index_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                self.index_write_done(gen, Err(e));
+                return IndexWrite::Finished;
+            }
+        };
+        self.index_dirty = false;
+        self.last_index_write_ms = self.last_now_ms;
+        let jobs = vec![Job::WriteAtomic {
+            path: self.index_path(),
+            bytes,
+            mode: INDEX_MODE,
+        }];
+        let Some(io) = &self.io else {
+            let r = run_inline(jobs);
+            self.index_write_done(gen, r);
+            return IndexWrite::Finished;
+        };
+        match io.run_async(jobs) {
+            Ok(slot) => {
+                self.commits.in_flight = true;
+                IndexWrite::Queued(gen, slot)
+            }
+            Err(e) => {
+                self.index_write_done(gen, Err(e));
+                IndexWrite::Finished
+            }
+        }
+    }
+
+    /// The outcome of index write `gen` (from [`Self::start_index_write`]).
+    pub fn index_write_done(&mut self, gen: u64, outcome: io::Result<()>) {
+        let c = &mut self.commits;
+        c.in_flight = false;
+        c.done = c.done.max(gen);
+        match outcome {
+            Ok(()) => {
+                c.ok = c.ok.max(gen);
+                c.last_error = None;
+                let ok = c.ok;
+                c.waiting.retain(|_, g| *g > ok);
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut c.after)
+                    .into_iter()
+                    .partition(|(g, _)| *g <= ok);
+                c.after = later;
+                for (_, a) in due {
+                    self.run_after(a);
+                }
+            }
+            Err(e) => {
+                tracing::error!(core = self.core, error = %e, "session index write failed");
+                c.last_error = Some(format!("session index write failed: {e}"));
+                // The rows stay in memory; the periodic flush retries the index.
+                self.index_dirty = true;
+            }
+        }
+    }
+
+    /// Everything staged is on disk (a blocking flush wrote the index after it).
+    fn all_staged_durable(&mut self) {
+        let gen = self.commits.queued.max(self.commits.done) + 1;
+        self.commits.queued = gen;
+        self.index_write_done(gen, Ok(()));
     }
 
     /// Get or create the session `key` (canonical, owned by this core). A new session gets
@@ -590,9 +807,11 @@ impl SessionShard {
     pub fn ensure(&mut self, key: &str, now_ms: i64) -> io::Result<&SessionEntry> {
         self.check_key(key)?;
         self.tick(now_ms);
-        if !self.entries.contains_key(key) {
+        if self.entries.contains_key(key) {
+            self.restage_failed(key);
+        } else {
             let e = SessionEntry::new(key, agent_of(key), uuid_v4(), now_ms);
-            self.commit(e)?;
+            self.commit(e, Vec::new())?;
         }
         self.entry(key)
     }
@@ -618,7 +837,9 @@ impl SessionShard {
         let changed = next.apply_patch(patch).map_err(PatchError::Invalid)?;
         if existing.is_none() || changed {
             next.updated_at_ms = next.updated_at_ms.max(now_ms);
-            self.commit(next)?;
+            self.commit(next, Vec::new())?;
+        } else {
+            self.restage_failed(key);
         }
         Ok(self.entry(key)?)
     }
@@ -758,8 +979,14 @@ impl SessionShard {
         next.archived = old.archived;
         next.display_name = old.display_name.clone();
         next.last_interaction_at_ms = old.last_interaction_at_ms;
-        self.commit(next)?;
-        self.retire_transcript(&old_path, &old.session_id, "reset", now_ms);
+        // The old transcript keeps its name until no durable index row points at it.
+        let retire = AfterIndex::Retire {
+            path: old_path,
+            session_id: old.session_id.clone(),
+            what: "reset",
+            now_ms,
+        };
+        self.commit(next, vec![retire])?;
         self.entry(key)
     }
 
@@ -770,19 +997,14 @@ impl SessionShard {
         let Some(old) = self.entries.remove(key) else {
             return Ok(false);
         };
-        if let Err(e) = self.write_index() {
-            self.entries.insert(key.to_string(), old);
-            return Err(e);
-        }
         let path = transcript_path(&self.state_dir, &old.agent_id, &old.session_id);
+        let after = if delete_transcript {
+            vec![AfterIndex::Remove(path.clone())]
+        } else {
+            Vec::new()
+        };
+        self.persist_change(key, Some(old), after)?;
         self.open.remove(&path);
-        if delete_transcript {
-            match fs::remove_file(&path) {
-                Ok(()) => self.note_dir_change(&path),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
         Ok(true)
     }
 
@@ -828,6 +1050,22 @@ impl SessionShard {
             .iter()
             .filter_map(|k| self.entries.remove(k))
             .collect();
+        if self.io.is_some() {
+            for r in &removed {
+                let path = transcript_path(&self.state_dir, &r.agent_id, &r.session_id);
+                if let Err(e) = self.close_transcript(&path) {
+                    tracing::warn!(key = %r.key, error = %e, "transcript sync before prune failed");
+                }
+                let retire = AfterIndex::Retire {
+                    path,
+                    session_id: r.session_id.clone(),
+                    what: "deleted",
+                    now_ms,
+                };
+                self.persist_change(&r.key, None, vec![retire])?;
+            }
+            return Ok(removed.len());
+        }
         if let Err(e) = self.write_index() {
             for r in removed {
                 self.entries.insert(r.key.clone(), r);
@@ -900,6 +1138,11 @@ impl SessionShard {
         }
         for _ in 0..2 {
             self.absorb_io_failures();
+            let staged = !self.commits.waiting.is_empty() || !self.commits.after.is_empty();
+            // A staged change whose write is still in flight is rewritten here: that write's
+            // outcome would only reach a task that no longer runs.
+            self.index_dirty |= staged;
+            let writes_index = self.index_dirty;
             let jobs = match self.flush_jobs() {
                 Ok(j) => j,
                 Err(e) => {
@@ -907,8 +1150,14 @@ impl SessionShard {
                     Vec::new()
                 }
             };
-            if let Some(io) = &self.io {
-                if let Err(e) = io.run_blocking(jobs) {
+            let r = match &self.io {
+                Some(io) => io.run_blocking(jobs),
+                None => Ok(()),
+            };
+            match r {
+                Ok(()) if writes_index => self.all_staged_durable(),
+                Ok(()) => {}
+                Err(e) => {
                     tracing::warn!(core = self.core, error = %e, "session store flush failed");
                 }
             }
@@ -1032,13 +1281,17 @@ mod tests {
     }
 
     #[test]
-    fn with_the_io_thread_new_rows_are_durable_at_once_and_the_rest_after_flush() {
+    fn with_the_io_thread_new_rows_are_staged_then_durable_and_the_rest_after_flush() {
         let dir = tmp("io-thread");
         let mut s = shard(&dir);
         s.start_io_thread().unwrap();
         let key = "agent:main:main";
         s.ensure(key, 1_000).unwrap();
-        // A new session's row is on disk when `ensure` returns (it waited for the thread).
+        // A new session's row is staged, not yet on disk: the owner starts the write.
+        assert_eq!(s.durability(key), Durability::Pending);
+        assert!(read_index(&s.index_path()).unwrap().is_empty());
+        commit_now(&mut s);
+        assert_eq!(s.durability(key), Durability::Durable);
         let on_disk = read_index(&s.index_path()).unwrap();
         assert_eq!(on_disk.len(), 1);
         for i in 0..20 {
@@ -1060,6 +1313,128 @@ mod tests {
         assert_eq!(e.message_count, 20);
         assert_eq!(e.label.as_deref(), Some("io"));
         assert_eq!(s.history(key, 100).unwrap().len(), 20);
+        drop(s);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What the owner core does: start the staged write, await it, report it.
+    fn commit_now(s: &mut SessionShard) -> bool {
+        let IndexWrite::Queued(gen, slot) = s.start_index_write() else {
+            return false;
+        };
+        let outcome = block_on(slot.wait());
+        s.index_write_done(gen, outcome);
+        true
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn staged_changes_share_one_write_and_follow_ups_wait_for_it() {
+        let dir = tmp("group");
+        let mut s = shard(&dir);
+        s.start_io_thread_with(std::time::Duration::from_millis(50))
+            .unwrap();
+        let (a, b) = ("agent:main:a", "agent:main:b");
+        s.append(a, &msg("1", "user", "one", 1_000), 1_000).unwrap();
+        let IndexWrite::Queued(gen, slot) = s.start_index_write() else {
+            panic!("nothing queued")
+        };
+        // A write is in flight: nothing else starts; `b` waits for the next one.
+        s.ensure(b, 1_001).unwrap();
+        assert!(matches!(s.start_index_write(), IndexWrite::Idle));
+        let old = s.get(a).unwrap().session_id.clone();
+        let old_path = s.transcript_path(a).unwrap();
+        s.reset(a, 1_002).unwrap();
+        // The old transcript keeps its name until an index without it is on disk.
+        assert!(old_path.exists());
+        let outcome = block_on(slot.wait());
+        s.index_write_done(gen, outcome);
+        assert_eq!(s.durability(b), Durability::Pending);
+        assert_eq!(s.durability(a), Durability::Pending);
+        assert!(old_path.exists());
+        assert!(commit_now(&mut s), "one more write carries both");
+        assert_eq!(s.durability(a), Durability::Durable);
+        assert_eq!(s.durability(b), Durability::Durable);
+        assert!(!old_path.exists(), "retired after the index moved on");
+        let retired = fs::read_dir(old_path.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.starts_with(&format!("{old}.reset."))
+            });
+        assert!(retired);
+        // Delete: the row leaves the index before the transcript is removed.
+        let b_path = transcript_path(&dir, "main", &s.get(b).unwrap().session_id);
+        s.append(b, &msg("2", "user", "two", 1_003), 1_003).unwrap();
+        assert!(s.delete(b, true).unwrap());
+        assert!(b_path.exists());
+        assert!(commit_now(&mut s));
+        assert!(!b_path.exists());
+        let on_disk: Vec<String> = read_index(&s.index_path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(on_disk, vec![a.to_string()]);
+        drop(s);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_index_write_fails_its_waiters_and_a_retry_writes_again() {
+        let dir = tmp("fail");
+        let mut s = shard(&dir);
+        s.start_io_thread().unwrap();
+        let key = "agent:main:main";
+        s.ensure(key, 1_000).unwrap();
+        // Make the atomic replace fail: the index path is a non-empty directory.
+        let index = s.index_path();
+        fs::remove_file(&index).unwrap();
+        fs::create_dir_all(index.join("blocker")).unwrap();
+        assert!(commit_now(&mut s));
+        assert!(matches!(s.durability(key), Durability::Failed(_)));
+        // Nothing new is started by itself…
+        assert!(matches!(s.start_index_write(), IndexWrite::Idle));
+        fs::remove_dir_all(&index).unwrap();
+        // …until the key is touched again (a retried send).
+        s.ensure(key, 1_001).unwrap();
+        assert_eq!(s.durability(key), Durability::Pending);
+        assert!(commit_now(&mut s));
+        assert_eq!(s.durability(key), Durability::Durable);
+        assert_eq!(read_index(&index).unwrap().len(), 1);
+        drop(s);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shutdown_flush_makes_staged_rows_durable_and_runs_follow_ups() {
+        let dir = tmp("staged-drop");
+        let mut s = shard(&dir);
+        s.start_io_thread().unwrap();
+        let key = "agent:main:main";
+        s.append(key, &msg("1", "user", "one", 1_000), 1_000)
+            .unwrap();
+        commit_now(&mut s);
+        let old_path = s.transcript_path(key).unwrap();
+        s.reset(key, 2_000).unwrap();
+        s.ensure("agent:main:other", 2_001).unwrap();
+        s.flush_blocking();
+        assert_eq!(s.durability("agent:main:other"), Durability::Durable);
+        assert!(!old_path.exists());
+        drop(s);
+        let s = SessionShard::load(&dir, 0, 1).unwrap();
+        assert_eq!(s.len(), 2);
         drop(s);
         fs::remove_dir_all(&dir).unwrap();
     }

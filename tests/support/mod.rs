@@ -34,6 +34,7 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 pub struct Opts<'a> {
     pub driver: &'a str,
+    pub workers: usize,
     pub extra: Vec<String>,
     pub token: Option<&'a str>,
     pub config: Option<&'a str>,
@@ -45,6 +46,7 @@ impl Default for Opts<'_> {
     fn default() -> Self {
         Self {
             driver: "uring",
+            workers: 2,
             extra: vec![],
             token: Some("test-token-123"),
             config: None,
@@ -70,16 +72,8 @@ impl Gateway {
             std::fs::write(state_dir.join("openclaw.json"), cfg).unwrap();
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawgate"));
-        cmd.args([
-            "gateway",
-            "run",
-            "--port",
-            "0",
-            "--workers",
-            "2",
-            "--driver",
-            o.driver,
-        ]);
+        cmd.args(["gateway", "run", "--port", "0", "--driver", o.driver]);
+        cmd.args(["--workers", &o.workers.to_string()]);
         if let Some(t) = o.token {
             cmd.args(["--token", t]);
         }
