@@ -836,6 +836,19 @@ fn a_slow_disk_delays_only_the_acks_that_need_it_never_the_core() {
     std::thread::sleep(Duration::from_millis(50));
     b.call("health", json!({})).unwrap();
     let health_at = Instant::now();
+    // The same key again from another client while the first still waits for the disk:
+    // the same run, answered no earlier than the row is on disk.
+    let retry = b
+        .call(
+            "chat.send",
+            json!({"sessionKey": "slowdisk", "message": "hello", "idempotencyKey": "slow-run"}),
+        )
+        .unwrap();
+    assert_eq!(retry["runId"], "slow-run");
+    assert!(
+        in_index("agent:main:slowdisk"),
+        "a retried key was acknowledged before the row was on disk"
+    );
     let (mut a, ack, early_events, ack_at) = sender.join().unwrap();
     assert_eq!(ack["ok"], true, "{ack}");
     assert!(

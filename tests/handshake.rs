@@ -597,3 +597,50 @@ fn no_device_token_is_handed_out_before_its_pairing_is_on_disk() {
     );
     assert_eq!(t1, t2, "one device, one token");
 }
+
+#[test]
+fn a_device_reconnecting_while_its_pairing_is_being_saved_waits_for_that_save() {
+    // A slow disk (every store-thread write 700 ms late) and twelve simultaneous connects
+    // of one new device. Connects that change nothing wait for the save already on its
+    // way instead of each queueing another one (which, one after the other on the store
+    // thread, took the last of them past the handshake timeout).
+    let g = Gateway::start_with(Opts {
+        extra: vec![
+            "--store-delay-ms".into(),
+            "700".into(),
+            "--handshake-timeout-ms".into(),
+            "5000".into(),
+        ],
+        ..Opts::default()
+    });
+    let id = DeviceIdentity::random();
+    let o = ConnectOptions {
+        token: Some(g.token.clone()),
+        device: Some(id.clone()),
+        ..ConnectOptions::default()
+    };
+    let first = {
+        let (url, o) = (g.url(), o.clone());
+        std::thread::spawn(move || Client::connect(&url, &o))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let rest: Vec<_> = (0..11)
+        .map(|_| {
+            let (url, o) = (g.url(), o.clone());
+            std::thread::spawn(move || Client::connect(&url, &o))
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for t in std::iter::once(first).chain(rest) {
+        let (c, hello) = t
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("connect failed: {e:?}"));
+        tokens.push(hello["auth"]["deviceToken"].as_str().unwrap().to_string());
+        c.close();
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1, "one device, one token: {tokens:?}");
+    let on_disk = std::fs::read_to_string(g.state_dir.join("devices/paired.json")).unwrap();
+    assert!(on_disk.contains(&id.device_id()));
+}

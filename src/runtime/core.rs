@@ -251,6 +251,13 @@ pub struct Core {
     /// Core 0: generation of the last registry save queued / completed successfully.
     devices_queued_gen: Cell<u64>,
     devices_durable_gen: Cell<u64>,
+    /// Core 0: generation of the last registry save whose outcome is known.
+    devices_done_gen: Cell<u64>,
+    /// Core 0: pairings that changed nothing but whose device's save is still on its way
+    /// to the disk: answered when that save (generation `.0`) completes, instead of each
+    /// queueing another save (a device reconnecting in a storm would otherwise never be
+    /// seen durable: every connect re-saving it while the previous save is in flight).
+    devices_parked: RefCell<Vec<ParkedPairing>>,
     /// Replica of the presence list.
     pub presence: RefCell<Arc<PresenceSnap>>,
     presence_master: RefCell<BTreeMap<(usize, u64), Value>>,
@@ -325,6 +332,8 @@ impl Core {
             devices_pending: RefCell::new(HashMap::new()),
             devices_queued_gen: Cell::new(0),
             devices_durable_gen: Cell::new(0),
+            devices_done_gen: Cell::new(0),
+            devices_parked: RefCell::new(Vec::new()),
             presence: RefCell::new(Arc::new(PresenceSnap::default())),
             presence_master: RefCell::new(BTreeMap::new()),
             health_version: Cell::new(1),
@@ -671,10 +680,31 @@ impl Core {
             // No store thread: already written in place.
             Ok(None) => {
                 self.devices_saved(gen, &records);
+                self.devices_save_finished(gen, &Ok(()));
                 SaveDone::Now(Ok(()))
             }
-            Err(e) => SaveDone::Now(Err(save_error(&e))),
+            Err(e) => {
+                let r = Err(save_error(&e));
+                self.devices_save_finished(gen, &r);
+                SaveDone::Now(r)
+            }
         }
+    }
+
+    /// Core 0: the outcome of save `gen` is known: answer the pairings parked on it (or on
+    /// an earlier save).
+    fn devices_save_finished(&self, gen: u64, r: &Result<(), String>) {
+        self.devices_done_gen
+            .set(self.devices_done_gen.get().max(gen));
+        let due: Vec<_> = {
+            let mut parked = self.devices_parked.borrow_mut();
+            let (due, rest) = std::mem::take(&mut *parked)
+                .into_iter()
+                .partition(|(g, _, _)| *g <= gen);
+            *parked = rest;
+            due
+        };
+        reply_pairings(due.into_iter().map(|(_, o, reply)| (o, reply)).collect(), r);
     }
 
     /// Core 0: save `gen` is on disk: its devices may hand out tokens, replicas learn them.
@@ -704,6 +734,16 @@ impl Core {
         let mut changed = Vec::new();
         for (job, reply) in &jobs {
             let (outcome, dirty) = self.pair_apply(job);
+            if !dirty && !self.device_durable(&job.device_id) {
+                let pending = self.devices_pending.borrow().get(&job.device_id).copied();
+                if let Some(gen) = pending.filter(|g| *g > self.devices_done_gen.get()) {
+                    // Unchanged, and its latest save is still on its way: wait for that one.
+                    self.devices_parked
+                        .borrow_mut()
+                        .push((gen, outcome, reply.clone()));
+                    continue;
+                }
+            }
             if dirty || !self.device_durable(&job.device_id) {
                 changed.push(job.device_id.as_str());
             }
@@ -723,6 +763,7 @@ impl Core {
                     if r.is_ok() {
                         core.devices_saved(gen, &records);
                     }
+                    core.devices_save_finished(gen, &r);
                     reply_pairings(results, &r);
                 });
             }
@@ -1005,6 +1046,9 @@ impl Core {
         );
     }
 }
+
+/// A pairing answer held until registry save `.0` completes.
+type ParkedPairing = (u64, PairOutcome, Arc<ReplySlot<PairOutcome>>);
 
 /// How a device-registry save completes.
 enum SaveDone {

@@ -200,6 +200,8 @@ pub struct SessionOwner {
     dedupe_order: RefCell<VecDeque<(i64, String)>>,
     /// Tasks waiting for an index write to finish ([`persisted`]).
     index_waiters: RefCell<Vec<std::task::Waker>>,
+    /// Idempotency keys whose first send is still waiting for its session row.
+    unacked: RefCell<std::collections::HashSet<String>>,
     policy: crate::state::policy::SessionPolicy,
     workers: usize,
 }
@@ -219,6 +221,7 @@ impl SessionOwner {
             dedupe: RefCell::new(HashMap::new()),
             dedupe_order: RefCell::new(VecDeque::new()),
             index_waiters: RefCell::new(Vec::new()),
+            unacked: RefCell::new(std::collections::HashSet::new()),
             policy,
             workers: workers.max(1),
         }
@@ -323,8 +326,9 @@ fn store_err(e: std::io::Error) -> ErrorShape {
     ErrorShape::new(UNAVAILABLE, format!("session store error: {e}")).retry_after(1000)
 }
 
-/// Longest a reply waits for its session row to reach the on-disk index.
-const STORE_WAIT: Duration = Duration::from_secs(30);
+/// Longest a reply waits for its session row to reach the on-disk index. The request's
+/// connection reads nothing else meanwhile, so this stays well inside the 25 s pong window.
+const STORE_WAIT: Duration = Duration::from_secs(10);
 
 /// Start the next index write if staged rows wait for one and none is in flight; the task
 /// that awaits it reports the outcome, wakes [`persisted`] waiters and starts the next.
@@ -565,11 +569,19 @@ async fn send(
     agent_style: bool,
     deadline: Option<Duration>,
 ) -> Result<Value, ErrorShape> {
-    let (ack, start_lane) = match core.sessions.dedupe_get(&idem) {
-        Some(prev) => (prev?, false),
-        None => send_now(core, &key, message, &idem, agent_style, deadline)?,
-    };
+    if let Some(prev) = core.sessions.dedupe_get(&idem) {
+        let ack = prev?;
+        // The first send of this key may still be waiting for its row: the retry is
+        // answered no earlier. Only the first send acts on a failure.
+        if core.sessions.unacked.borrow().contains(&idem) {
+            persisted(core, &key).await?;
+        }
+        return Ok(ack);
+    }
+    let (ack, start_lane) = send_now(core, &key, message, &idem, agent_style, deadline)?;
+    core.sessions.unacked.borrow_mut().insert(idem.clone());
     let durable = persisted(core, &key).await;
+    core.sessions.unacked.borrow_mut().remove(&idem);
     if let Err(e) = &durable {
         let run = core.sessions.runs.borrow().get(&idem).cloned();
         if let Some(run) = run {

@@ -11,8 +11,9 @@
 //! into the page cache) and reads. Once [`SessionShard::start_io_thread`] has run (the
 //! gateway does so at start-up), every fsync and atomic index rewrite goes to the core's
 //! store thread ([`super::io_thread`]) instead: periodic flushes in the background, index
-//! writes a caller depends on queued behind them and waited for. Keys handed to a shard must be canonical
-//! ([`canonical_key`]) and owned by it; anything else is refused with `InvalidInput`.
+//! writes a reply depends on staged and group-committed (see "Durability" below). Keys
+//! handed to a shard must be canonical ([`canonical_key`]) and owned by it; anything else
+//! is refused with `InvalidInput`.
 //!
 //! # On-disk layout
 //!
@@ -137,6 +138,9 @@ pub enum PatchError {
     #[error("{0}")]
     Invalid(String),
     /// Persisting failed (or the key is not owned by this shard). Nothing was changed.
+    /// (With the store thread a staged change's write can fail later, through
+    /// [`Self::durability`]: then the change stays in memory and a later index write may
+    /// still carry it — the caller reports "may or may not be applied".)
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -575,8 +579,9 @@ impl SessionShard {
     /// Move fsyncs and index rewrites to a thread of their own (named after the core), so
     /// a slow disk stalls that thread instead of this core's event loop. From then on
     /// [`Self::flush`] only queues work; failures are picked up (and retried) by the next
-    /// flush. Durability promises are unchanged: what used to be written before a method
-    /// returned still is.
+    /// flush. Row changes that used to be written before a method returned are staged
+    /// instead ([`Self::durability`], [`Self::start_index_write`]): the caller waits for
+    /// them before it answers.
     pub fn start_io_thread(&mut self) -> io::Result<()> {
         self.start_io_thread_with(std::time::Duration::ZERO)
     }
@@ -770,7 +775,10 @@ impl SessionShard {
     /// The outcome of index write `gen` (from [`Self::start_index_write`]).
     pub fn index_write_done(&mut self, gen: u64, outcome: io::Result<()>) {
         let c = &mut self.commits;
-        c.in_flight = false;
+        if gen >= c.queued {
+            // (A late report of an older write must not free the slot of a newer one.)
+            c.in_flight = false;
+        }
         c.done = c.done.max(gen);
         match outcome {
             Ok(()) => {
@@ -803,7 +811,8 @@ impl SessionShard {
     }
 
     /// Get or create the session `key` (canonical, owned by this core). A new session gets
-    /// a fresh UUID v4 `sessionId` and is in the on-disk index before this returns.
+    /// a fresh UUID v4 `sessionId` and is in the on-disk index before this returns (staged,
+    /// with the store thread).
     pub fn ensure(&mut self, key: &str, now_ms: i64) -> io::Result<&SessionEntry> {
         self.check_key(key)?;
         self.tick(now_ms);
@@ -821,7 +830,7 @@ impl SessionShard {
     /// `fastMode`, `pinned`, `archived`; `null` clears. `key`/`agentId`/`sessionKey` are
     /// ignored (they address the session); any other field is [`PatchError::Invalid`].
     /// Validation happens before anything changes; a changed row is persisted before this
-    /// returns.
+    /// returns (staged, with the store thread).
     pub fn patch(
         &mut self,
         key: &str,
@@ -957,7 +966,8 @@ impl SessionShard {
     /// Start a new transcript for `key`: new `sessionId`, empty history, run state and
     /// token counts cleared; label/model/thinkingLevel/fastMode/pinned/archived and
     /// `createdAtMs` kept. The old transcript stays on disk, renamed
-    /// `<oldSessionId>.reset.<now_ms>.jsonl`. The new row is persisted before the rename,
+    /// `<oldSessionId>.reset.<now_ms>.jsonl`. The new row is persisted (with the store thread:
+    /// its staged write is on disk) before the rename,
     /// so a crash in between only leaves the old transcript under its original name. An
     /// unknown key is created instead.
     pub fn reset(&mut self, key: &str, now_ms: i64) -> io::Result<&SessionEntry> {
@@ -990,7 +1000,8 @@ impl SessionShard {
         self.entry(key)
     }
 
-    /// Remove `key`'s row (persisted before returning) and, with `delete_transcript`, its
+    /// Remove `key`'s row (persisted before returning; staged with the store thread, the
+    /// file removal waiting for it) and, with `delete_transcript`, its
     /// current transcript file. Returns whether the session existed.
     pub fn delete(&mut self, key: &str, delete_transcript: bool) -> io::Result<bool> {
         self.check_key(key)?;
@@ -1013,7 +1024,8 @@ impl SessionShard {
     /// updated ones. Both limits apply to this shard (divide a global cap by the worker
     /// count). Dropped sessions' transcripts are kept, renamed
     /// `<sessionId>.deleted.<now_ms>.jsonl`. Returns how many rows were removed; the index
-    /// is persisted before returning when any were.
+    /// is persisted before returning when any were (staged with the store thread; the
+    /// renames wait for it).
     pub fn maintain(
         &mut self,
         now_ms: i64,
@@ -1142,7 +1154,6 @@ impl SessionShard {
             // A staged change whose write is still in flight is rewritten here: that write's
             // outcome would only reach a task that no longer runs.
             self.index_dirty |= staged;
-            let writes_index = self.index_dirty;
             let jobs = match self.flush_jobs() {
                 Ok(j) => j,
                 Err(e) => {
@@ -1150,6 +1161,7 @@ impl SessionShard {
                     Vec::new()
                 }
             };
+            let writes_index = jobs.iter().any(|j| matches!(j, Job::WriteAtomic { .. }));
             let r = match &self.io {
                 Some(io) => io.run_blocking(jobs),
                 None => Ok(()),
