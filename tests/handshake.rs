@@ -644,3 +644,46 @@ fn a_device_reconnecting_while_its_pairing_is_being_saved_waits_for_that_save() 
     let on_disk = std::fs::read_to_string(g.state_dir.join("devices/paired.json")).unwrap();
     assert!(on_disk.contains(&id.device_id()));
 }
+
+#[test]
+fn new_devices_pairing_together_share_registry_saves() {
+    // A slow disk (700 ms per store-thread write) and twelve different new devices at
+    // once: pairings made while one save is on its way share the next save, so all of
+    // them are answered within a 5 s handshake timeout (one save each, in a row, took
+    // 8.4 s) — each only after its record is on disk.
+    let g = Gateway::start_with(Opts {
+        extra: vec![
+            "--store-delay-ms".into(),
+            "700".into(),
+            "--handshake-timeout-ms".into(),
+            "5000".into(),
+        ],
+        ..Opts::default()
+    });
+    let path = g.state_dir.join("devices/paired.json");
+    let threads: Vec<_> = (0..12)
+        .map(|_| {
+            let id = DeviceIdentity::random();
+            let o = ConnectOptions {
+                token: Some(g.token.clone()),
+                device: Some(id.clone()),
+                ..ConnectOptions::default()
+            };
+            let (url, path) = (g.url(), path.clone());
+            std::thread::spawn(move || {
+                let (c, hello) =
+                    Client::connect(&url, &o).unwrap_or_else(|e| panic!("connect failed: {e:?}"));
+                let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+                c.close();
+                assert!(hello["auth"]["deviceToken"].is_string(), "{hello}");
+                assert!(
+                    on_disk.contains(&id.device_id()),
+                    "token handed out before the pairing was on disk"
+                );
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

@@ -253,6 +253,8 @@ pub struct Core {
     devices_durable_gen: Cell<u64>,
     /// Core 0: generation of the last registry save whose outcome is known.
     devices_done_gen: Cell<u64>,
+    /// Core 0: a registry save is queued or running.
+    devices_save_in_flight: Cell<bool>,
     /// Core 0: pairings that changed nothing but whose device's save is still on its way
     /// to the disk: answered when that save (generation `.0`) completes, instead of each
     /// queueing another save (a device reconnecting in a storm would otherwise never be
@@ -333,6 +335,7 @@ impl Core {
             devices_queued_gen: Cell::new(0),
             devices_durable_gen: Cell::new(0),
             devices_done_gen: Cell::new(0),
+            devices_save_in_flight: Cell::new(false),
             devices_parked: RefCell::new(Vec::new()),
             presence: RefCell::new(Arc::new(PresenceSnap::default())),
             presence_master: RefCell::new(BTreeMap::new()),
@@ -652,42 +655,56 @@ impl Core {
             .is_none_or(|g| *g <= self.devices_durable_gen.get())
     }
 
-    /// Core 0: persist the registry on this core's store thread (group commit for a batch
-    /// of pairings). The changed records are snapshotted now and replicated to the other
-    /// cores only once the save is on disk, so no core can hand out a token a crash could
-    /// take back.
-    fn pair_commit(&self, device_ids: &[&str]) -> SaveDone {
+    /// Core 0: start the next registry save if devices wait for one and none is on its
+    /// way (group commit: one save in flight; pairings made meanwhile share the next one).
+    /// The records are snapshotted now and replicated to the other cores only once the
+    /// save is on disk, so no core can hand out a token a crash could take back.
+    fn kick_device_save(self: &Rc<Self>) {
+        if self.devices_save_in_flight.get() {
+            return;
+        }
+        let gen = self.devices_queued_gen.get() + 1;
+        let ids: Vec<String> = self
+            .devices_pending
+            .borrow()
+            .iter()
+            .filter(|(_, g)| **g == gen)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        self.devices_queued_gen.set(gen);
         let reg = self.devices.borrow();
-        let records: Vec<Arc<PairedDevice>> = device_ids
+        let records: Vec<Arc<PairedDevice>> = ids
             .iter()
             .filter_map(|id| reg.get(id))
             .map(|rec| Arc::new(rec.clone()))
             .collect();
-        let gen = self.devices_queued_gen.get() + 1;
-        self.devices_queued_gen.set(gen);
-        {
-            let mut pending = self.devices_pending.borrow_mut();
-            for id in device_ids {
-                pending.insert((*id).to_string(), gen);
-            }
-        }
         let queued = reg
             .save_job(&self.shared.config.paths.state_dir)
             .and_then(|job| self.sessions.store_async(vec![job]));
         drop(reg);
         match queued {
-            Ok(Some(slot)) => SaveDone::Later(slot, gen, records),
+            Ok(Some(slot)) => {
+                self.devices_save_in_flight.set(true);
+                let core = self.clone();
+                monoio::spawn(async move {
+                    let r = slot.wait().await.map_err(|e| save_error(&e));
+                    core.devices_save_in_flight.set(false);
+                    if r.is_ok() {
+                        core.devices_saved(gen, &records);
+                    }
+                    core.devices_save_finished(gen, &r);
+                    core.kick_device_save();
+                });
+            }
             // No store thread: already written in place.
             Ok(None) => {
                 self.devices_saved(gen, &records);
                 self.devices_save_finished(gen, &Ok(()));
-                SaveDone::Now(Ok(()))
             }
-            Err(e) => {
-                let r = Err(save_error(&e));
-                self.devices_save_finished(gen, &r);
-                SaveDone::Now(r)
-            }
+            Err(e) => self.devices_save_finished(gen, &Err(save_error(&e))),
         }
     }
 
@@ -725,49 +742,38 @@ impl Core {
         }
     }
 
-    /// Core 0: apply a batch of pairing jobs, persist once, then reply to each — from a task
-    /// that waits for the store thread, so this core keeps serving while the disk works. A
-    /// device whose earlier save is still queued (or failed) is saved again with this batch
-    /// and its reply waits for that save: a token is only ever handed out once it is on disk.
+    /// Core 0: apply a batch of pairing jobs. A job that changed its device's record (or
+    /// whose device's last save failed) stages the device for the next registry save; its
+    /// answer, like that of a job whose device's save is still on its way, is parked until
+    /// that save completes — from a task, so this core keeps serving while the disk works.
+    /// A token is only ever handed out once its record is on disk.
     pub fn pair_batch(self: &Rc<Self>, jobs: Vec<(Box<PairJob>, Arc<ReplySlot<PairOutcome>>)>) {
-        let mut results = Vec::with_capacity(jobs.len());
-        let mut changed = Vec::new();
-        for (job, reply) in &jobs {
-            let (outcome, dirty) = self.pair_apply(job);
-            if !dirty && !self.device_durable(&job.device_id) {
-                let pending = self.devices_pending.borrow().get(&job.device_id).copied();
-                if let Some(gen) = pending.filter(|g| *g > self.devices_done_gen.get()) {
-                    // Unchanged, and its latest save is still on its way: wait for that one.
-                    self.devices_parked
+        let next = self.devices_queued_gen.get() + 1;
+        for (job, reply) in jobs {
+            let (outcome, dirty) = self.pair_apply(&job);
+            if !matches!(outcome, PairOutcome::Approved { .. }) {
+                reply.send(outcome);
+                continue;
+            }
+            let pending = self.devices_pending.borrow().get(&job.device_id).copied();
+            let on_its_way = pending.filter(|g| *g > self.devices_done_gen.get());
+            let gen = match on_its_way {
+                // Unchanged, and its latest save is still on its way: wait for that one.
+                Some(g) if !dirty => g,
+                _ if dirty || !self.device_durable(&job.device_id) => {
+                    self.devices_pending
                         .borrow_mut()
-                        .push((gen, outcome, reply.clone()));
+                        .insert(job.device_id.clone(), next);
+                    next
+                }
+                _ => {
+                    reply.send(outcome);
                     continue;
                 }
-            }
-            if dirty || !self.device_durable(&job.device_id) {
-                changed.push(job.device_id.as_str());
-            }
-            results.push((outcome, reply.clone()));
+            };
+            self.devices_parked.borrow_mut().push((gen, outcome, reply));
         }
-        let commit = if changed.is_empty() {
-            SaveDone::Now(Ok(()))
-        } else {
-            self.pair_commit(&changed)
-        };
-        match commit {
-            SaveDone::Now(r) => reply_pairings(results, &r),
-            SaveDone::Later(slot, gen, records) => {
-                let core = self.clone();
-                monoio::spawn(async move {
-                    let r = slot.wait().await.map_err(|e| save_error(&e));
-                    if r.is_ok() {
-                        core.devices_saved(gen, &records);
-                    }
-                    core.devices_save_finished(gen, &r);
-                    reply_pairings(results, &r);
-                });
-            }
-        }
+        self.kick_device_save();
     }
 
     /// Ask core 0 to pair (direct call when we are core 0).
@@ -1049,19 +1055,6 @@ impl Core {
 
 /// A pairing answer held until registry save `.0` completes.
 type ParkedPairing = (u64, PairOutcome, Arc<ReplySlot<PairOutcome>>);
-
-/// How a device-registry save completes.
-enum SaveDone {
-    /// Already done (nothing to write, no store thread, or it could not be queued).
-    Now(Result<(), String>),
-    /// Queued on the store thread as save `gen`; the slot gets the outcome; the records to
-    /// replicate once it is on disk.
-    Later(
-        Arc<ReplySlot<std::io::Result<()>>>,
-        u64,
-        Vec<Arc<PairedDevice>>,
-    ),
-}
 
 fn save_error(e: &std::io::Error) -> String {
     tracing::error!(message = "Persisting paired devices failed.", error = %e);
