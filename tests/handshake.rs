@@ -687,3 +687,51 @@ fn new_devices_pairing_together_share_registry_saves() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn after_a_failed_pairing_save_every_core_hands_out_only_the_token_on_disk() {
+    // A scope upgrade issues a new token whose save fails (the devices directory is
+    // replaced by a file); a later save (another device) writes the whole registry, new
+    // token included. From then on no core may hand out the old token: it is no longer on
+    // disk, so it would not survive a restart.
+    let g = Gateway::start_with(Opts::default());
+    let devices = g.state_dir.join("devices");
+    let x = DeviceIdentity::random();
+    let connect_x = |scopes: &[&str]| {
+        let o = ConnectOptions {
+            token: Some(g.token.clone()),
+            device: Some(x.clone()),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..ConnectOptions::default()
+        };
+        Client::connect(&g.url(), &o).map(|(c, hello)| {
+            c.close();
+            hello["auth"]["deviceToken"].as_str().unwrap().to_string()
+        })
+    };
+    let t1 = connect_x(&["operator.read"]).unwrap();
+    std::fs::rename(&devices, g.state_dir.join("devices.bak")).unwrap();
+    std::fs::write(&devices, b"not a directory").unwrap();
+    let upgrade = connect_x(&["operator.read", "operator.write"]);
+    assert!(upgrade.is_err(), "the upgrade's save cannot have succeeded");
+    std::fs::remove_file(&devices).unwrap();
+    std::fs::rename(g.state_dir.join("devices.bak"), &devices).unwrap();
+    let y = ConnectOptions {
+        token: Some(g.token.clone()),
+        device: Some(DeviceIdentity::random()),
+        ..ConnectOptions::default()
+    };
+    Client::connect(&g.url(), &y).unwrap().0.close();
+    let on_disk = std::fs::read_to_string(devices.join("paired.json")).unwrap();
+    assert!(
+        !on_disk.contains(&t1),
+        "the upgrade replaced the first token on disk"
+    );
+    for _ in 0..12 {
+        let t = connect_x(&["operator.read"]).unwrap();
+        assert!(
+            on_disk.contains(&t),
+            "a core handed out a token that is not on disk (stale replica)"
+        );
+    }
+}

@@ -53,6 +53,8 @@ if [ "$WHICH" = all ] || [ "$WHICH" = colocated ]; then
   C --procs 4 fanout --subscribers 10000 --events 300 --rate 3 --burst 10
   C --procs 2 chat --watchers 1000 --runs 40 --rate 10 --sessions 8
   C --procs 4 slow --subscribers 2000 --slow-fraction 0.1 --events 2000 --rate 50 --baseline --slow-rcvbuf 4096
+  # Last: it leaves 20 000 paired devices in the registry (every connect a new pairing).
+  C --procs 2 connect-storm --mode device --total 20000 --concurrency 64
   stop_gateway
 fi
 

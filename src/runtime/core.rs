@@ -255,10 +255,11 @@ pub struct Core {
     devices_done_gen: Cell<u64>,
     /// Core 0: a registry save is queued or running.
     devices_save_in_flight: Cell<bool>,
-    /// Core 0: pairings that changed nothing but whose device's save is still on its way
-    /// to the disk: answered when that save (generation `.0`) completes, instead of each
-    /// queueing another save (a device reconnecting in a storm would otherwise never be
-    /// seen durable: every connect re-saving it while the previous save is in flight).
+    /// Core 0: approved pairings waiting for the registry save (generation `.0`) that
+    /// carries their device's record; answered when it completes. A reconnect that changes
+    /// nothing waits for the save already on its way instead of queueing another (a device
+    /// reconnecting in a storm would otherwise never be seen durable). Entries whose
+    /// requester gave up (handshake timeout) are dropped when the next one is parked.
     devices_parked: RefCell<Vec<ParkedPairing>>,
     /// Replica of the presence list.
     pub presence: RefCell<Arc<PresenceSnap>>,
@@ -282,7 +283,7 @@ pub struct Core {
     run_slot_waiters: RefCell<VecDeque<Arc<ReplySlot<()>>>>,
     /// Control messages (device upserts, presence changes and snapshots, run slots) a full
     /// mesh queue refused: kept in order and re-sent by [`Core::mesh_backlog_flusher`].
-    mesh_backlog: RefCell<VecDeque<(usize, MeshMsg)>>,
+    mesh_backlog: RefCell<Vec<VecDeque<MeshMsg>>>,
     mesh_backlog_waker: RefCell<Option<std::task::Waker>>,
     /// Failed shared-secret attempts per remote client IP in the current window (this
     /// core's share of the gateway-wide limit; no shared map).
@@ -348,7 +349,7 @@ impl Core {
             presence_flusher: RefCell::new(None),
             run_slots_used: Cell::new(0),
             run_slot_waiters: RefCell::new(VecDeque::new()),
-            mesh_backlog: RefCell::new(VecDeque::new()),
+            mesh_backlog: RefCell::new(Vec::new()),
             mesh_backlog_waker: RefCell::new(None),
             auth_failures: RefCell::new(HashMap::new()),
         };
@@ -646,8 +647,8 @@ impl Core {
     }
 
     /// Whether `device_id`'s record in this core's registry is on disk (always true on the
-    /// replicas, which only receive saved records; on core 0 false while its save is queued
-    /// or after it failed).
+    /// replicas, which only receive saved records; on core 0 false from the change until a
+    /// save that carries it succeeds — after a failed save, until the next one).
     pub fn device_durable(&self, device_id: &str) -> bool {
         self.devices_pending
             .borrow()
@@ -664,16 +665,24 @@ impl Core {
             return;
         }
         let gen = self.devices_queued_gen.get() + 1;
-        let ids: Vec<String> = self
-            .devices_pending
-            .borrow()
-            .iter()
-            .filter(|(_, g)| **g == gen)
-            .map(|(id, _)| id.clone())
-            .collect();
-        if ids.is_empty() {
+        if !self.devices_pending.borrow().values().any(|g| *g == gen) {
             return;
         }
+        // Every record not yet known on disk rides this save and is replicated after it —
+        // including ones whose own save failed (the whole file is written, so they land on
+        // disk now and the replicas must learn them, not keep an older token).
+        let durable = self.devices_durable_gen.get();
+        let ids: Vec<String> = {
+            let mut pending = self.devices_pending.borrow_mut();
+            pending
+                .iter_mut()
+                .filter(|(_, g)| **g > durable)
+                .map(|(id, g)| {
+                    *g = (*g).max(gen);
+                    id.clone()
+                })
+                .collect()
+        };
         self.devices_queued_gen.set(gen);
         let reg = self.devices.borrow();
         let records: Vec<Arc<PairedDevice>> = ids
@@ -771,7 +780,10 @@ impl Core {
                     continue;
                 }
             };
-            self.devices_parked.borrow_mut().push((gen, outcome, reply));
+            let mut parked = self.devices_parked.borrow_mut();
+            // A requester that gave up (handshake timeout) dropped its end of the slot.
+            parked.retain(|(_, _, r)| Arc::strong_count(r) > 1);
+            parked.push((gen, outcome, reply));
         }
         self.kick_device_save();
     }
@@ -942,15 +954,21 @@ impl Core {
     /// already waiting for that core, and into the backlog when its queue is full.
     fn send_ordered(&self, to: usize, msg: MeshMsg) {
         let mut backlog = self.mesh_backlog.borrow_mut();
-        let msg = if backlog.iter().any(|(t, _)| *t == to) {
-            msg
-        } else {
+        if backlog.len() <= to {
+            backlog.resize_with(to + 1, VecDeque::new);
+        }
+        let Some(queue) = backlog.get_mut(to) else {
+            return;
+        };
+        let msg = if queue.is_empty() {
             match self.shared.mesh.send(self.id, to, msg) {
                 Ok(()) => return,
                 Err(m) => m,
             }
+        } else {
+            msg
         };
-        backlog.push_back((to, msg));
+        queue.push_back(msg);
         if let Some(w) = self.mesh_backlog_waker.borrow_mut().take() {
             w.wake();
         }
@@ -960,7 +978,7 @@ impl Core {
     pub async fn mesh_backlog_flusher(self: Rc<Self>) {
         loop {
             std::future::poll_fn(|cx| {
-                if self.mesh_backlog.borrow().is_empty() {
+                if self.mesh_backlog.borrow().iter().all(VecDeque::is_empty) {
                     *self.mesh_backlog_waker.borrow_mut() = Some(cx.waker().clone());
                     std::task::Poll::Pending
                 } else {
@@ -973,21 +991,15 @@ impl Core {
                 return;
             }
             let mut backlog = self.mesh_backlog.borrow_mut();
-            let mut blocked = vec![false; self.shared.mesh.cores()];
-            let mut kept = VecDeque::new();
-            while let Some((to, msg)) = backlog.pop_front() {
-                if blocked.get(to).copied().unwrap_or(true) {
-                    kept.push_back((to, msg));
-                    continue;
-                }
-                if let Err(m) = self.shared.mesh.send(self.id, to, msg) {
-                    if let Some(b) = blocked.get_mut(to) {
-                        *b = true;
+            for (to, queue) in backlog.iter_mut().enumerate() {
+                // In order per destination; stop at the first refusal (queue full again).
+                while let Some(msg) = queue.pop_front() {
+                    if let Err(m) = self.shared.mesh.send(self.id, to, msg) {
+                        queue.push_front(m);
+                        break;
                     }
-                    kept.push_back((to, m));
                 }
             }
-            *backlog = kept;
         }
     }
 
