@@ -908,3 +908,108 @@ fn a_slow_disk_delays_only_the_acks_that_need_it_never_the_core() {
     );
     assert!(!transcript.exists(), "transcript still there after delete");
 }
+
+#[test]
+fn an_upstream_that_only_sends_keep_alives_hits_the_whole_run_deadline() {
+    // An OpenAI-compatible server that answers 200 + SSE and then only ever sends comment
+    // keep-alives: each read is quick, so only the whole-run deadline
+    // (agents.defaults.timeoutSeconds) can end the run.
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let mut buf = [0u8; 65536];
+        let _ = s.read(&mut buf);
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if s.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let ping = ": keep-alive\n\n";
+        let frame = format!("{:x}\r\n{ping}\r\n", ping.len());
+        for _ in 0..200 {
+            if s.write_all(frame.as_bytes()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let cfg = format!(
+        r#"{{ agents: {{ defaults: {{ timeoutSeconds: 1 }} }},
+             models: {{ providers: {{ slow: {{ baseUrl: "{base}/v1", api: "openai-completions" }} }} }} }}"#
+    );
+    let g = Gateway::start_with(Opts {
+        config: Some(&cfg),
+        ..Opts::default()
+    });
+    let mut c = g.connect(RW);
+    c.call(
+        "sessions.patch",
+        json!({"key": "trickle", "model": "slow/m"}),
+    )
+    .unwrap();
+    send(&mut c, "trickle", "hi", "ka1");
+    let ev = chat_until_done(&mut c, "ka1", Duration::from_secs(10));
+    let last = ev.last().unwrap();
+    assert_eq!(last["state"], "error", "{last}");
+    assert!(
+        last["errorMessage"].as_str().unwrap().contains("timed out"),
+        "{last}"
+    );
+}
+
+#[test]
+fn a_reply_past_the_size_cap_ends_the_run_with_an_error() {
+    // The upstream streams 64 KiB deltas without end: past 1 MiB the run stops (error),
+    // and the gateway keeps serving.
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let mut buf = [0u8; 65536];
+        let _ = s.read(&mut buf);
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if s.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let delta = "x".repeat(64 * 1024);
+        let ev = format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{delta}\"}}}}]}}\n\n"
+        );
+        let frame = format!("{:x}\r\n{ev}\r\n", ev.len());
+        for _ in 0..200 {
+            if s.write_all(frame.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let cfg = format!(
+        r#"{{ models: {{ providers: {{ big: {{ baseUrl: "{base}/v1", api: "openai-completions" }} }} }} }}"#
+    );
+    let g = Gateway::start_with(Opts {
+        config: Some(&cfg),
+        ..Opts::default()
+    });
+    let mut c = g.connect(RW);
+    c.call("sessions.patch", json!({"key": "big", "model": "big/m"}))
+        .unwrap();
+    send(&mut c, "big", "hi", "big1");
+    let ev = chat_until_done(&mut c, "big1", Duration::from_secs(20));
+    let last = ev.last().unwrap();
+    assert_eq!(last["state"], "error", "{}", last["state"]);
+    assert!(
+        last["errorMessage"].as_str().unwrap().contains("exceeded"),
+        "{}",
+        last["errorMessage"]
+    );
+    let deltas = ev.iter().filter(|e| e["state"] == "delta").count();
+    assert!(deltas <= 16, "{deltas} deltas: more than 1 MiB streamed");
+    send(&mut c, "main", "still ok", "big2");
+    assert_eq!(
+        chat_until_done(&mut c, "big2", Duration::from_secs(10))
+            .last()
+            .unwrap()["state"],
+        "final"
+    );
+}

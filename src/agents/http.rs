@@ -165,10 +165,17 @@ impl Url {
     }
 }
 
+/// For messages and logs: the query is elided (some setups carry keys in it, `?key=…`).
 impl fmt::Display for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };
-        write!(f, "{scheme}://{}{}", self.host_header(), self.target())
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
+        let query = if self.query.is_empty() { "" } else { "?…" };
+        write!(f, "{scheme}://{}{path}{query}", self.host_header())
     }
 }
 
@@ -597,15 +604,24 @@ async fn connect(
     };
     let mut last_err = None;
     let mut tcp = None;
-    for addr in addrs {
-        let left = deadline.left();
-        match monoio::time::timeout(left, TcpStream::connect_addr(addr)).await {
+    let count = addrs.len();
+    for (i, addr) in addrs.into_iter().enumerate() {
+        // Each address gets an equal share of what is left (the last one all of it), so an
+        // address that silently drops packets cannot starve the others.
+        let share = deadline.left() / u32::try_from(count - i).unwrap_or(1).max(1);
+        match monoio::time::timeout(share, TcpStream::connect_addr(addr)).await {
             Ok(Ok(s)) => {
                 tcp = Some(s);
                 break;
             }
             Ok(Err(e)) => last_err = Some(e),
-            Err(_) => return Err(timed_out()),
+            Err(_) if i + 1 == count => return Err(timed_out()),
+            Err(_) => {
+                last_err = Some(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{addr} did not answer"),
+                ));
+            }
         }
     }
     let tcp = match tcp {
@@ -676,19 +692,34 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         waker: atomic_waker::AtomicWaker::new(),
         result: OnceLock::new(),
     });
+    // Budget: a dead resolver must not pile up blocked threads (an aborted or timed-out
+    // lookup's thread lives until getaddrinfo gives up).
+    static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    const MAX_LOOKUPS: usize = 16;
+    use std::sync::atomic::Ordering;
+    if IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return Err(format!(
+            "{MAX_LOOKUPS} DNS lookups already in flight (resolver not answering?)"
+        ));
+    }
     let theirs = slot.clone();
     let name = host.to_string();
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("clawgate-dns".into())
         .spawn(move || {
             let r = (name.as_str(), port)
                 .to_socket_addrs()
                 .map(|it| it.collect::<Vec<_>>())
                 .map_err(|e| e.to_string());
+            IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
             let _ = theirs.result.set(r);
             theirs.waker.wake();
-        })
-        .map_err(|e| format!("cannot start a resolver thread: {e}"))?;
+        });
+    if let Err(e) = spawned {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return Err(format!("cannot start a resolver thread: {e}"));
+    }
     let addrs = std::future::poll_fn(|cx| {
         slot.waker.register(cx.waker());
         match slot.result.get() {
@@ -761,8 +792,12 @@ impl ChunkedDecoder {
                         _ => {
                             let text = String::from_utf8_lossy(&line);
                             let hex = text.split(';').next().unwrap_or_default().trim();
-                            let size = u64::from_str_radix(hex, 16)
-                                .map_err(|_| format!("bad chunk size \"{hex}\""))?;
+                            let size = Some(hex)
+                                .filter(|h| {
+                                    !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit())
+                                })
+                                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                                .ok_or_else(|| format!("bad chunk size \"{hex}\""))?;
                             if size == 0 {
                                 ChunkState::Trailer
                             } else {
@@ -816,6 +851,13 @@ mod tests {
             u.join("/chat/completions").target(),
             "/openai/chat/completions?api-version=2024-06-01"
         );
+        // Messages never show the query (it may carry a key).
+        let k = Url::parse("https://gw.example/v1?key=sk-secret").unwrap();
+        assert_eq!(k.to_string(), "https://gw.example/v1?…");
+        assert!(
+            k.target().contains("key=sk-secret"),
+            "the request still sends it"
+        );
 
         for bad in [
             "ftp://x",
@@ -850,6 +892,8 @@ mod tests {
         assert_eq!(d.feed(b"3\nabc\n0\n\n").unwrap(), b"abc");
         assert!(d.is_done());
         assert!(ChunkedDecoder::default().feed(b"zz\r\n").is_err());
+        assert!(ChunkedDecoder::default().feed(b"+5\r\nabcde\r\n").is_err());
+        assert!(ChunkedDecoder::default().feed(b"\r\n").is_err());
         assert!(ChunkedDecoder::default().feed(b"3\r\nabcX\r\n").is_err());
     }
 }

@@ -104,6 +104,12 @@ impl OpenAiProvider {
                 Ok(None) => (parser.finish(), true),
                 Err(e) => return on(transport_error(name, &e)),
             };
+            if parser.overflowed() {
+                return on(ProviderEvent::error(
+                    error_kind::UNKNOWN,
+                    format!("{name} sent a stream event larger than the 8 MiB limit"),
+                ));
+            }
             for ev in events {
                 if state.handle(&ev.data, on) {
                     return;

@@ -24,15 +24,26 @@ pub struct SseParser {
     event: Option<String>,
     data: String,
     has_data: bool,
+    /// A line or an event went past its bound: the stream is not trustworthy any more.
+    overflowed: bool,
 }
 
 /// Upper bound on one line, so a hostile upstream cannot grow the buffer without limit.
 const MAX_LINE: usize = 4 << 20;
+/// Upper bound on one event's joined `data:` lines (a stream of `data:` lines that never
+/// ends in a blank line must not grow memory either).
+pub const MAX_EVENT: usize = 8 << 20;
 
 impl SseParser {
     /// A fresh parser.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A line longer than 4 MiB or an event larger than [`MAX_EVENT`] was cut: the caller
+    /// must end the stream with an error instead of trusting what follows.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
     }
 
     /// Feed the next bytes; returns the events they completed, in order.
@@ -77,6 +88,9 @@ impl SseParser {
 
     fn push_line_bytes(&mut self, b: &[u8]) {
         let room = MAX_LINE.saturating_sub(self.line.len());
+        if b.len() > room {
+            self.overflowed = true;
+        }
         self.line.extend_from_slice(&b[..b.len().min(room)]);
     }
 
@@ -105,6 +119,10 @@ impl SseParser {
         match field {
             "event" => self.event = Some(value.to_string()),
             "data" => {
+                if self.data.len() + value.len() + 1 > MAX_EVENT {
+                    self.overflowed = true;
+                    return;
+                }
                 if self.has_data {
                     self.data.push('\n');
                 }
@@ -227,5 +245,27 @@ mod tests {
             feed_split(text.as_bytes(), &[usize::MAX]),
             vec![ev(Some("a"), "1"), ev(None, "2")]
         );
+    }
+
+    #[test]
+    fn an_event_that_never_ends_is_cut_and_flagged() {
+        let mut p = SseParser::new();
+        let line = format!("data: {}\n", "x".repeat(1 << 20));
+        let mut events = Vec::new();
+        for _ in 0..9 {
+            events.extend(p.feed(line.as_bytes()));
+        }
+        assert!(events.is_empty());
+        assert!(p.overflowed());
+        assert!(p.data.len() <= MAX_EVENT, "buffer grew past the bound");
+        let mut q = SseParser::new();
+        q.feed(&vec![b'y'; (4 << 20) + 1]);
+        assert!(
+            q.overflowed(),
+            "an over-long line is flagged, not silently cut"
+        );
+        let mut ok = SseParser::new();
+        assert_eq!(ok.feed(b"data: fine\n\n").len(), 1);
+        assert!(!ok.overflowed());
     }
 }

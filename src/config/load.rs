@@ -716,6 +716,15 @@ impl Mapper<'_> {
             )? {
                 cfg.max_concurrent = usize::try_from(n).unwrap_or(cfg.max_concurrent);
             }
+            if let Some(n) = self.integer(
+                defaults,
+                "timeoutSeconds",
+                "agents.defaults.timeoutSeconds",
+                1,
+                172_800,
+            )? {
+                cfg.run_timeout_secs = n;
+            }
         }
 
         let mut list = Vec::new();
@@ -1168,7 +1177,7 @@ mod tests {
                 trustedProxies: ["127.0.0.1", " 10.0.0.0/8 "],
               },
               agents: {
-                defaults: { model: { primary: "openai/gpt-5", fallbacks: [] }, maxConcurrent: 1024 },
+                defaults: { model: { primary: "openai/gpt-5", fallbacks: [] }, maxConcurrent: 1024, timeoutSeconds: 90 },
                 list: [
                   { id: "Main", name: "Main agent" },
                   { id: "ops", default: true, model: "anthropic/claude" },
@@ -1188,6 +1197,7 @@ mod tests {
         assert_eq!(gw.trusted_proxies, vec!["127.0.0.1", "10.0.0.0/8"]);
         assert_eq!(cfg.default_model.as_deref(), Some("openai/gpt-5"));
         assert_eq!(cfg.max_concurrent, 1024);
+        assert_eq!(cfg.run_timeout_secs, 90);
         let ids: Vec<&str> = cfg.agents.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(ids, ["main", "ops", "x"]);
         assert_eq!(cfg.agents[0].name.as_deref(), Some("Main agent"));

@@ -128,6 +128,9 @@ pub struct Config {
     pub default_model: Option<String>,
     /// `agents.defaults.maxConcurrent` (default 8).
     pub max_concurrent: usize,
+    /// `agents.defaults.timeoutSeconds`: the whole-run deadline when a request names none
+    /// (default 600, as OpenClaw).
+    pub run_timeout_secs: u64,
 }
 
 impl Config {
@@ -144,6 +147,7 @@ impl Config {
             agents: Vec::new(),
             default_model: None,
             max_concurrent: 8,
+            run_timeout_secs: 600,
         }
     }
 

@@ -36,8 +36,12 @@ use crate::store::sessions::{Durability, IndexWrite, SessionShard, TranscriptMes
 pub const DEDUPE_TTL_MS: i64 = 300_000;
 /// At most this many dedupe entries per core.
 pub const DEDUPE_MAX: usize = 1000;
-/// Default run timeout.
+/// Longest silence from a provider (connect, first byte, between chunks).
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest assistant reply kept; past it the run ends with an error (every delta event
+/// carries the text so far, so an endless reply must not grow memory or per-event cost
+/// without bound).
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
 /// A run still waiting for a gateway-wide slot after this long is announced as queued.
 const SLOT_WAIT_ANNOUNCE: Duration = Duration::from_millis(50);
 /// Most runs one session's lane may hold (running + queued).
@@ -834,6 +838,45 @@ fn emit_agent(core: &Core, run_id: &str, key: &str, seq: u64, stream: &str, data
     );
 }
 
+/// The conversation for run `run_id`: every user message up to and including this run's,
+/// each followed by its own run's reply (replies are written when a run ends, so a message
+/// queued behind a running turn sits before that turn's reply in the transcript). Later
+/// queued messages, empty replies (failed/aborted runs) and a leading reply cut off by the
+/// history window are left out.
+fn prompt_for(history: &[TranscriptMessage], run_id: &str, message: &str) -> Vec<ChatMessage> {
+    let replies: HashMap<&str, &TranscriptMessage> = history
+        .iter()
+        .filter(|m| m.role == "assistant" && !m.text.is_empty())
+        .filter_map(|m| m.run_id.as_deref().map(|r| (r, m)))
+        .collect();
+    let msg = |role: &str, text: &str| ChatMessage {
+        role: role.into(),
+        text: text.into(),
+    };
+    let mut out: Vec<ChatMessage> = Vec::new();
+    for m in history {
+        match (m.role.as_str(), m.run_id.as_deref()) {
+            ("user", Some(r)) if r == run_id => {
+                out.push(msg("user", &m.text));
+                return out;
+            }
+            ("user", r) => {
+                out.push(msg("user", &m.text));
+                if let Some(a) = r.and_then(|r| replies.get(r)) {
+                    out.push(msg("assistant", &a.text));
+                }
+            }
+            ("assistant", None) if !m.text.is_empty() && !out.is_empty() => {
+                out.push(msg("assistant", &m.text));
+            }
+            _ => {}
+        }
+    }
+    // This run's message fell outside the window (or was never written): ask it anyway.
+    out.push(msg("user", message));
+    out
+}
+
 fn assistant_message(text: &str) -> Value {
     json!({"role": "assistant", "content": [{"type": "text", "text": text}], "timestamp": now_ms()})
 }
@@ -866,22 +909,7 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
         let h = shard.history(&key, 40).unwrap_or_default();
         (h, shard.get(&key).and_then(|e| e.model.clone()))
     };
-    let messages: Vec<ChatMessage> = history
-        .iter()
-        .filter(|m| m.role == "user" || m.role == "assistant")
-        .map(|m| ChatMessage {
-            role: m.role.clone(),
-            text: m.text.clone(),
-        })
-        .collect();
-    let messages = if messages.is_empty() {
-        vec![ChatMessage {
-            role: "user".into(),
-            text: run.message.clone(),
-        }]
-    } else {
-        messages
-    };
+    let messages = prompt_for(&history, run_id, &run.message);
     let target = match agents::resolve_model(&core.shared.config, model.as_deref()) {
         Ok(t) => t,
         Err(e) => {
@@ -900,8 +928,17 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
     };
     let mut text = String::new();
     let mut outcome: Option<RunOutcome> = None;
+    let too_long = Cell::new(false);
     {
         let mut on = |ev: ProviderEvent| match ev {
+            ProviderEvent::Delta(_) if too_long.get() => {}
+            ProviderEvent::Delta(d) if text.len() + d.len() > MAX_REPLY_BYTES => {
+                too_long.set(true);
+                outcome = Some(Err((
+                    format!("the reply exceeded {MAX_REPLY_BYTES} bytes"),
+                    agents::error_kind::UNKNOWN,
+                )));
+            }
             ProviderEvent::Delta(d) => {
                 text.push_str(&d);
                 let s = next_chat();
@@ -923,20 +960,33 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
                     json!({"text": text, "delta": d}),
                 );
             }
+            ProviderEvent::Done { .. } | ProviderEvent::Error { .. } if too_long.get() => {}
             ProviderEvent::Done { stop_reason, usage } => outcome = Some(Ok((stop_reason, usage))),
             ProviderEvent::Error { message, kind } => outcome = Some(Err((message, kind))),
         };
         let reply = agents::stream_reply(&target, &messages, RUN_TIMEOUT, &run.abort, &mut on);
-        match run.deadline {
-            Some(d) => {
-                if monoio::time::timeout(d, reply).await.is_err() {
-                    outcome = Some(Err((
-                        format!("agent run timed out after {} ms", d.as_millis()),
-                        agents::error_kind::TIMEOUT,
-                    )));
-                }
+        // Whole-run deadline: the request's, else `agents.defaults.timeoutSeconds` (an
+        // upstream trickling keep-alives would otherwise hold the run and its slot forever).
+        let d = run
+            .deadline
+            .unwrap_or(Duration::from_secs(core.shared.config.run_timeout_secs));
+        // The provider keeps calling `on` until it ends; a reply past the cap stops it here.
+        let capped = std::future::poll_fn(|_| {
+            if too_long.get() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
             }
-            None => reply.await,
+        });
+        let timed_out = monoio::select! {
+            r = monoio::time::timeout(d, reply) => r.is_err(),
+            () = capped => false,
+        };
+        if timed_out {
+            outcome = Some(Err((
+                format!("agent run timed out after {} ms", d.as_millis()),
+                agents::error_kind::TIMEOUT,
+            )));
         }
     }
     *run.summary.borrow_mut() = text.clone();
@@ -1052,4 +1102,59 @@ fn finish_error(
         *run.summary.borrow_mut() = message.to_string();
     }
     run.finish(RunStatus::Error);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(role: &str, text: &str, run: &str) -> TranscriptMessage {
+        TranscriptMessage {
+            id: format!("{role}-{run}"),
+            role: role.into(),
+            text: text.into(),
+            ts: 0,
+            run_id: Some(run.into()),
+            stop_reason: None,
+            error: None,
+            usage: None,
+        }
+    }
+
+    fn roles_texts(v: &[ChatMessage]) -> Vec<(String, String)> {
+        v.iter().map(|c| (c.role.clone(), c.text.clone())).collect()
+    }
+
+    #[test]
+    fn a_queued_turn_sees_earlier_turns_in_order_and_nothing_after_it() {
+        // u2 and u3 were sent while run 1 streamed: the transcript is u1 u2 u3 a1 (a2 …).
+        let h = vec![
+            m("user", "u1", "r1"),
+            m("user", "u2", "r2"),
+            m("user", "u3", "r3"),
+            m("assistant", "a1", "r1"),
+        ];
+        let p = prompt_for(&h, "r2", "u2");
+        let want: Vec<(String, String)> = [("user", "u1"), ("assistant", "a1"), ("user", "u2")]
+            .iter()
+            .map(|(r, t)| (r.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(roles_texts(&p), want);
+        // A failed run's empty reply and a reply cut off by the window are left out.
+        let h = vec![
+            m("assistant", "a0", "r0"),
+            m("user", "u1", "r1"),
+            m("assistant", "", "r1"),
+            m("user", "u2", "r2"),
+        ];
+        let p = prompt_for(&h, "r2", "u2");
+        assert_eq!(p.first().map(|c| c.role.as_str()), Some("user"));
+        assert_eq!(p.len(), 2);
+        // Not in the window: the run's own message is still asked.
+        let p = prompt_for(&[], "r9", "hello");
+        assert_eq!(
+            roles_texts(&p),
+            vec![("user".to_string(), "hello".to_string())]
+        );
+    }
 }
