@@ -243,4 +243,20 @@ fn repeated_wrong_secrets_from_a_remote_client_are_rate_limited() {
     g.connect(&["operator.read"])
         .call("health", json!({}))
         .unwrap();
+    // A remote client behind the proxy cannot escape the lockout by claiming loopback
+    // (or by hiding its address behind a hop the gateway cannot read): only direct local
+    // connections are exempt.
+    let spoofed: Vec<String> = ["127.0.0.1", "127.0.0.1, unknown"]
+        .iter()
+        .cycle()
+        .take(30)
+        .map(|xff| code_of(&from(xff, "wrong")))
+        .collect();
+    assert!(
+        spoofed.iter().any(|c| c == "AUTH_RATE_LIMITED"),
+        "{spoofed:?}"
+    );
+    g.connect(&["operator.read"])
+        .call("health", json!({}))
+        .unwrap();
 }

@@ -153,3 +153,43 @@ fn a_keep_alive_head_dripped_byte_by_byte_is_cut_off() {
     }
     assert!(closed, "a dripping head kept the connection open for 10 s");
 }
+
+#[test]
+fn a_client_that_never_reads_its_http_responses_is_dropped() {
+    // Pipelined requests whose responses are never read: once the socket buffers are full
+    // the gateway's write must give up (handshake timeout) instead of pinning the task and
+    // the socket forever — seen here as the writer getting an error.
+    let g = support::Gateway::start_with(support::Opts {
+        extra: vec!["--handshake-timeout-ms".into(), "500".into()],
+        ..support::Opts::default()
+    });
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(512);
+    let mut dropped = false;
+    for _ in 0..20_000 {
+        if let Err(e) = s.write_all(&req) {
+            // Reset / broken pipe: the gateway closed it. A write timeout: it did not.
+            dropped = !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            );
+            break;
+        }
+    }
+    assert!(dropped, "the gateway kept a non-reading HTTP client");
+}
+
+#[test]
+fn head_requests_get_no_body() {
+    let g = Gateway::start("uring");
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    // Two heads and exactly one body: the keep-alive framing holds.
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+    assert_eq!(out.matches("\"status\":\"live\"").count(), 1, "{out}");
+}

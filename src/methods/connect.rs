@@ -53,7 +53,10 @@ pub async fn handle(
     let shared = s.core.shared.clone();
     let auth = p.auth.clone().unwrap_or_default();
     // A remote client that keeps presenting wrong secrets is refused for a while (§3.4).
-    if let Some(wait) = s.core.auth_locked(s.peer.ip()) {
+    if let Some(wait) = (!s.local)
+        .then(|| s.core.auth_locked(s.peer.ip()))
+        .flatten()
+    {
         let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let err = auth_error(
             "unauthorized: too many failed authentication attempts (retry later)",
@@ -152,7 +155,9 @@ pub async fn handle(
             // The real gateway hands the (unchanged) token back on every device connect.
             issued = device_token.map(|t| (t.to_string(), *at));
         } else {
-            s.core.auth_failed(s.peer.ip());
+            if !s.local {
+                s.core.auth_failed(s.peer.ip());
+            }
             return s.fail(
                 id,
                 secret_failure(
@@ -236,7 +241,9 @@ pub async fn handle(
         device_id = Some(d);
         effective_scopes = requested.clone();
     } else {
-        s.core.auth_failed(s.peer.ip());
+        if !s.local {
+            s.core.auth_failed(s.peer.ip());
+        }
         return s.fail(
             id,
             secret_failure(mode, shared_ok, device_token.is_some(), None),

@@ -428,16 +428,16 @@ impl Core {
             .div_ceil(self.shared.opts.workers.max(1))
             .max(1);
         let mut map = self.preauth_by_ip.borrow_mut();
-        let n = map.entry(ip).or_insert(0);
-        if *n >= per_core {
+        if map.get(&ip).is_some_and(|n| *n >= per_core) {
             return false;
         }
         let prev = self.shared.preauth_total.fetch_add(1, Ordering::AcqRel);
         if prev >= self.shared.opts.preauth_global {
             self.shared.preauth_total.fetch_sub(1, Ordering::AcqRel);
+            // (No entry is created for a refused address: refusals must not grow the map.)
             return false;
         }
-        *n += 1;
+        *map.entry(ip).or_insert(0) += 1;
         true
     }
 
@@ -922,11 +922,10 @@ impl Core {
         );
     }
 
-    /// `Some(retry_after)` when `ip` used up its failed-auth allowance on this core.
+    /// `Some(retry_after)` when `ip` used up its failed-auth allowance on this core. (The
+    /// caller exempts direct local connections — not every loopback address: behind a
+    /// proxy that forwards no address, every remote client arrives from loopback.)
     pub fn auth_locked(&self, ip: IpAddr) -> Option<std::time::Duration> {
-        if ip.is_loopback() {
-            return None;
-        }
         let share = AUTH_FAIL_MAX.div_ceil(self.shared.mesh.cores().max(1) as u32);
         let map = self.auth_failures.borrow();
         let (start, n) = map.get(&ip)?;
@@ -934,11 +933,8 @@ impl Core {
         (*n >= share && !left.is_zero()).then_some(left)
     }
 
-    /// Count one failed shared-secret attempt from `ip` (loopback is not counted).
+    /// Count one failed shared-secret attempt from `ip` (see [`Self::auth_locked`]).
     pub fn auth_failed(&self, ip: IpAddr) {
-        if ip.is_loopback() {
-            return;
-        }
         let mut map = self.auth_failures.borrow_mut();
         if map.len() >= 4096 {
             map.retain(|_, (start, _)| start.elapsed() < AUTH_FAIL_WINDOW);

@@ -43,9 +43,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Serve one accepted connection.
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
+    // `::ffff:127.0.0.1` on a dual-stack listener is loopback, keyed like 127.0.0.1.
+    let peer = SocketAddr::new(super::proxy::canonical(peer.ip()), peer.port());
     let mut buf: Vec<u8> = Vec::with_capacity(HANDSHAKE_READ_BUF);
-    let first_deadline =
-        Instant::now() + Duration::from_millis(core.shared.opts.handshake_timeout_ms);
+    let handshake_timeout = Duration::from_millis(core.shared.opts.handshake_timeout_ms);
+    let first_deadline = Instant::now() + handshake_timeout;
+    // A response the peer does not read cannot pin this task (and its socket) for long.
+    let write_limit = handshake_timeout;
     let mut first = true;
     loop {
         // Read one request head. Between keep-alive requests the socket may idle for
@@ -57,23 +61,25 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 Parsed::Complete(h, n) => break (h, n),
                 Parsed::Partial => {}
                 Parsed::Malformed => {
-                    let _ = stream
-                        .write_all(http::json_response(
-                            400,
-                            &json!({"error":"bad request"}),
-                            false,
-                        ))
-                        .await;
+                    let _ = write_http(
+                        &mut stream,
+                        http::json_response(400, &json!({"error":"bad request"}), false),
+                        write_limit,
+                    )
+                    .await;
                     return;
                 }
                 Parsed::TooLarge => {
-                    let _ = stream
-                        .write_all(http::json_response(
+                    let _ = write_http(
+                        &mut stream,
+                        http::json_response(
                             431,
                             &json!({"error":"request header fields too large"}),
                             false,
-                        ))
-                        .await;
+                        ),
+                        write_limit,
+                    )
+                    .await;
                     return;
                 }
             }
@@ -100,23 +106,36 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 Ok(_) => {}
             }
         };
+        // An upgrade gets the handshake timeout from its own head (a keep-alive connection
+        // may have served other requests first), the first request's from the accept.
+        let ws_deadline = if first {
+            first_deadline
+        } else {
+            Instant::now() + handshake_timeout
+        };
         first = false;
         let trusted = &core.shared.trusted_proxies;
         if head.forwarded && !trusted.contains(peer.ip()) {
             // The real gateway refuses forwarded requests from untrusted proxies.
-            let _ = stream
-                .write_all(http::json_response(
+            let _ = write_http(
+                &mut stream,
+                http::json_response(
                     403,
                     &json!({"error":"forwarded headers from an untrusted proxy"}),
                     false,
-                ))
-                .await;
+                ),
+                write_limit,
+            )
+            .await;
             return;
         }
         if let Some(reason) = head.bad_upgrade {
-            let _ = stream
-                .write_all(http::json_response(400, &json!({"error": reason}), false))
-                .await;
+            let _ = write_http(
+                &mut stream,
+                http::json_response(400, &json!({"error": reason}), false),
+                write_limit,
+            )
+            .await;
             return;
         }
         if let Some(key) = head.ws_key.clone() {
@@ -130,13 +149,16 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 .and_then(|xff| trusted.client_ip(xff))
                 .map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
             if !echo && !core.preauth_acquire(client.ip()) {
-                let _ = stream
-                    .write_all(http::json_response(
+                let _ = write_http(
+                    &mut stream,
+                    http::json_response(
                         503,
                         &json!({"error":"too many unauthenticated connections"}),
                         false,
-                    ))
-                    .await;
+                    ),
+                    write_limit,
+                )
+                .await;
                 return;
             }
             // Not written here: the 101 head is queued in front of `connect.challenge` so both
@@ -154,40 +176,39 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             drop(head);
             // A task of its own: the HTTP phase's state is freed instead of riding along for
             // the WebSocket's lifetime (idle-connection memory).
-            let wsf = ws_session(
-                core,
-                stream,
-                client,
-                buf,
-                upgrade,
-                echo,
-                local,
-                first_deadline,
-            );
+            let wsf = ws_session(core, stream, client, buf, upgrade, echo, local, ws_deadline);
             monoio::spawn(wsf);
             return;
         }
         // Plain HTTP request.
         if head.chunked || head.content_length > 64 * 1024 {
-            let _ = stream
-                .write_all(http::json_response(
-                    413,
-                    &json!({"error":"request body not accepted"}),
-                    false,
-                ))
-                .await;
+            let _ = write_http(
+                &mut stream,
+                http::json_response(413, &json!({"error":"request body not accepted"}), false),
+                write_limit,
+            )
+            .await;
             return;
         }
         let keep_alive = !head.close;
-        let resp = route(&core, &head.method, &head.path, keep_alive);
+        let mut resp = route(&core, &head.method, &head.path, keep_alive);
+        if head.method == "HEAD" {
+            // Same head, no body (Content-Length stays: it is what GET would send).
+            if let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
+                resp.truncate(end + 4);
+            }
+        }
         // Discard the body (no route takes one), reading more if it is not all here yet.
         let total = head_len + head.content_length;
+        // The whole body within one handshake timeout, however slowly it drips.
+        let body_deadline = Instant::now() + handshake_timeout;
         while buf.len() < total {
             buf.reserve(total - buf.len());
             let len = buf.len();
             let cap = buf.capacity();
+            let wait = body_deadline.saturating_duration_since(Instant::now());
             let Ok((res, slice)) =
-                monoio::time::timeout(HTTP_IDLE, stream.read(buf.slice_mut(len..cap))).await
+                monoio::time::timeout(wait, stream.read(buf.slice_mut(len..cap))).await
             else {
                 return;
             };
@@ -197,14 +218,21 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             }
         }
         buf.drain(..total);
-        let (res, _) = stream.write_all(resp).await;
-        if res.is_err() || !keep_alive {
+        if !write_http(&mut stream, resp, write_limit).await || !keep_alive {
             return;
         }
         if buf.is_empty() && buf.capacity() > 4 * IDLE_READ_BUF {
             buf = Vec::with_capacity(IDLE_READ_BUF);
         }
     }
+}
+
+/// Write a plain-HTTP response within `limit`; false when it did not all go out.
+async fn write_http(stream: &mut TcpStream, bytes: Vec<u8>, limit: Duration) -> bool {
+    matches!(
+        monoio::time::timeout(limit, stream.write_all(bytes)).await,
+        Ok((Ok(_), _))
+    )
 }
 
 fn route(core: &Core, method: &str, path: &str, keep_alive: bool) -> Vec<u8> {
@@ -314,6 +342,11 @@ async fn ws_session(
     }
     let mut close_sent_at: Option<Instant> = None;
     'conn: loop {
+        // A close queued by someone else (the ticker's keepalive, a slow-consumer close)
+        // counts as ours: nothing more is processed and the peer gets CLOSE_GRACE to answer.
+        if close_sent_at.is_none() && outbox.is_closed() {
+            close_sent_at = Some(Instant::now());
+        }
         loop {
             let msg = match dec.next(&mut buf) {
                 Ok(Some(m)) => m,

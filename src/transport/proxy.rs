@@ -39,13 +39,18 @@ impl TrustedProxies {
 
     /// The client address behind a trusted proxy: walking `X-Forwarded-For` from the right
     /// (nearest hop first), the first address that is not itself a trusted proxy. `None`
-    /// when the header has no usable address (the caller keeps the peer's).
+    /// (the caller keeps the peer's) when the header has no such address — and as soon as a
+    /// hop cannot be read (`unknown`, an obfuscated id): everything left of it was written
+    /// by whoever talked to that hop, so skipping it would let a client pick its own address.
+    /// Hops may carry a port (`1.2.3.4:5678`, `[2001:db8::1]:443`) or brackets.
     pub fn client_ip(&self, x_forwarded_for: &str) -> Option<IpAddr> {
-        x_forwarded_for
-            .rsplit(',')
-            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-            .map(canonical)
-            .find(|ip| !self.contains(*ip))
+        for hop in x_forwarded_for.rsplit(',') {
+            let ip = canonical(parse_hop(hop.trim())?);
+            if !self.contains(ip) {
+                return Some(ip);
+            }
+        }
+        None
     }
 }
 
@@ -60,6 +65,19 @@ impl Net {
         let prefix = len.unwrap_or(max);
         (prefix <= max).then_some(Net { bits, prefix, v4 })
     }
+}
+
+/// One `X-Forwarded-For` hop: an address, optionally with a port or in brackets.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = hop.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<IpAddr>().ok())
 }
 
 /// The address as 128 bits (IPv4 in the top 32) and whether it is IPv4.
@@ -79,7 +97,7 @@ fn prefix_eq(a: u128, b: u128, len: u32) -> bool {
 }
 
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as plain IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -138,5 +156,23 @@ mod tests {
         );
         assert_eq!(client_ip("garbage, 10.0.0.3", &t), None);
         assert_eq!(client_ip("", &t), None);
+        // An unreadable hop stops the walk: what is left of it was written by the client.
+        assert_eq!(client_ip("127.0.0.1, unknown, 10.0.0.3", &t), None);
+        assert_eq!(
+            client_ip("6.6.6.6, 1.2.3.4:5678", &t),
+            Some("1.2.3.4".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip("127.0.0.1, [2001:db8::1]:443", &t),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip("[2001:db8::2]", &t),
+            Some("2001:db8::2".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip("::ffff:203.0.113.5", &t),
+            Some("203.0.113.5".parse().unwrap())
+        );
     }
 }
