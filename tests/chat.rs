@@ -909,14 +909,14 @@ fn a_slow_disk_delays_only_the_acks_that_need_it_never_the_core() {
     assert!(!transcript.exists(), "transcript still there after delete");
 }
 
-#[test]
-fn an_upstream_that_only_sends_keep_alives_hits_the_whole_run_deadline() {
-    // An OpenAI-compatible server that answers 200 + SSE and then only ever sends comment
-    // keep-alives: each read is quick, so only the whole-run deadline
-    // (agents.defaults.timeoutSeconds) can end the run.
+/// A one-shot OpenAI-compatible upstream: reads the request, answers 200 with a chunked
+/// event stream, then sends `event` (raw SSE text) `times` times, `gap` apart, as long as
+/// the gateway reads. Returns its base URL.
+fn sse_upstream(event: &str, times: usize, gap: Duration) -> String {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());
+    let frame = format!("{:x}\r\n{event}\r\n", event.len());
     std::thread::spawn(move || {
         let Ok((mut s, _)) = l.accept() else { return };
         let mut buf = [0u8; 65536];
@@ -925,15 +925,23 @@ fn an_upstream_that_only_sends_keep_alives_hits_the_whole_run_deadline() {
         if s.write_all(head.as_bytes()).is_err() {
             return;
         }
-        let ping = ": keep-alive\n\n";
-        let frame = format!("{:x}\r\n{ping}\r\n", ping.len());
-        for _ in 0..200 {
+        for _ in 0..times {
             if s.write_all(frame.as_bytes()).is_err() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(gap);
         }
     });
+    base
+}
+
+#[test]
+fn an_upstream_that_only_sends_keep_alives_hits_the_whole_run_deadline() {
+    // An OpenAI-compatible server that answers 200 + SSE and then only ever sends comment
+    // keep-alives: each read is quick, so only the whole-run deadline
+    // (agents.defaults.timeoutSeconds) can end the run.
+    let ping = ": keep-alive\n\n";
+    let base = sse_upstream(ping, 200, Duration::from_millis(100));
     let cfg = format!(
         r#"{{ agents: {{ defaults: {{ timeoutSeconds: 1 }} }},
              models: {{ providers: {{ slow: {{ baseUrl: "{base}/v1", api: "openai-completions" }} }} }} }}"#
@@ -962,28 +970,11 @@ fn an_upstream_that_only_sends_keep_alives_hits_the_whole_run_deadline() {
 fn a_reply_past_the_size_cap_ends_the_run_with_an_error() {
     // The upstream streams 64 KiB deltas without end: past 1 MiB the run stops (error),
     // and the gateway keeps serving.
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let Ok((mut s, _)) = l.accept() else { return };
-        let mut buf = [0u8; 65536];
-        let _ = s.read(&mut buf);
-        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-        if s.write_all(head.as_bytes()).is_err() {
-            return;
-        }
-        let delta = "x".repeat(64 * 1024);
-        let ev = format!(
-            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{delta}\"}}}}]}}\n\n"
-        );
-        let frame = format!("{:x}\r\n{ev}\r\n", ev.len());
-        for _ in 0..200 {
-            if s.write_all(frame.as_bytes()).is_err() {
-                return;
-            }
-        }
-    });
+    let delta = "x".repeat(64 * 1024);
+    let ev = format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{delta}\"}}}}]}}\n\n"
+    );
+    let base = sse_upstream(&ev, 200, Duration::ZERO);
     let cfg = format!(
         r#"{{ models: {{ providers: {{ big: {{ baseUrl: "{base}/v1", api: "openai-completions" }} }} }} }}"#
     );
