@@ -56,8 +56,22 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         // HTTP_IDLE, but once a head has started it must complete within the handshake
         // timeout: a peer dripping header bytes cannot hold the connection forever.
         let mut head_deadline: Option<Instant> = None;
+        // Bytes already known not to end a head: a head dripped byte by byte is parsed once
+        // its blank line arrives, not once per read.
+        let mut scanned = 0usize;
         let (head, head_len) = loop {
-            match http::parse_head(&buf) {
+            let from = scanned.saturating_sub(3);
+            let may_end = buf.len() >= http::MAX_HEAD_BYTES
+                || buf.get(from..).is_some_and(|b| {
+                    b.windows(2).any(|w| w == b"\n\n") || b.windows(3).any(|w| w == b"\n\r\n")
+                });
+            scanned = buf.len();
+            let parsed = if may_end {
+                http::parse_head(&buf)
+            } else {
+                Parsed::Partial
+            };
+            match parsed {
                 Parsed::Complete(h, n) => break (h, n),
                 Parsed::Partial => {}
                 Parsed::Malformed => {
