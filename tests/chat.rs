@@ -1004,3 +1004,143 @@ fn a_reply_past_the_size_cap_ends_the_run_with_an_error() {
         "final"
     );
 }
+
+/// An OpenAI-compatible upstream that streams `steps` (content, pause after it), then
+/// `finish_reason: "stop"` and `[DONE]`.
+fn scripted_upstream(steps: Vec<(&'static str, Duration)>) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let mut buf = [0u8; 65536];
+        let _ = s.read(&mut buf);
+        let chunk = |e: String| format!("{:x}\r\n{e}\r\n", e.len());
+        let mut out = String::from("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for (text, pause) in steps {
+            out.push_str(&chunk(format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
+            )));
+            if !pause.is_zero() {
+                if s.write_all(out.as_bytes()).is_err() {
+                    return;
+                }
+                out.clear();
+                std::thread::sleep(pause);
+            }
+        }
+        out.push_str(&chunk(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n".into(),
+        ));
+        out.push_str("0\r\n\r\n");
+        let _ = s.write_all(out.as_bytes());
+    });
+    base
+}
+
+/// Every `chat` and `agent` payload of `run_id` until its chat stream ends.
+fn chat_and_agent_until_done(c: &mut Client, run_id: &str) -> (Vec<Value>, Vec<Value>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut chat, mut agent) = (Vec::new(), Vec::new());
+    let mut pending: Vec<Value> = std::mem::take(&mut c.events);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "run {run_id} did not end: {chat:?}"
+        );
+        let v = if pending.is_empty() {
+            c.next_json().unwrap()
+        } else {
+            pending.remove(0)
+        };
+        if v["payload"]["runId"] != run_id {
+            continue;
+        }
+        if v["event"] == "agent" {
+            agent.push(v["payload"].clone());
+        } else if v["event"] == "chat" {
+            chat.push(v["payload"].clone());
+            if matches!(
+                v["payload"]["state"].as_str(),
+                Some("final" | "error" | "aborted")
+            ) {
+                return (chat, agent);
+            }
+        }
+    }
+}
+
+fn gateway_with_upstream(base: &str) -> Gateway {
+    let cfg = format!(
+        r#"{{ models: {{ providers: {{ up: {{ baseUrl: "{base}/v1", api: "openai-completions" }} }} }} }}"#
+    );
+    Gateway::start_with(Opts {
+        config: Some(&cfg),
+        ..Opts::default()
+    })
+}
+
+#[test]
+fn a_fast_provider_costs_a_few_merged_chat_deltas_not_one_per_token() {
+    // 200 tokens in one burst: the real gateway sends at most one chat delta per 150 ms per
+    // run; the agent assistant stream still has every token.
+    let words: Vec<&'static str> = (0..200)
+        .map(|i| &*Box::leak(format!("w{i} ").into_boxed_str()))
+        .collect();
+    let want: String = words.concat();
+    let g = gateway_with_upstream(&scripted_upstream(
+        words.iter().map(|w| (*w, Duration::ZERO)).collect(),
+    ));
+    let mut c = g.connect(RW);
+    c.call("sessions.patch", json!({"key": "fast", "model": "up/m"}))
+        .unwrap();
+    send(&mut c, "fast", "go", "fast1");
+    let (chat, agent) = chat_and_agent_until_done(&mut c, "fast1");
+    let last = chat.last().unwrap();
+    assert_eq!(last["state"], "final", "{last}");
+    assert_eq!(last["message"]["content"][0]["text"], want.as_str());
+    let deltas: Vec<&Value> = chat.iter().filter(|p| p["state"] == "delta").collect();
+    assert!(
+        !deltas.is_empty() && deltas.len() < 40,
+        "{} chat deltas for 200 tokens",
+        deltas.len()
+    );
+    // Merged deltas still concatenate to the reply, and the last one is the whole text.
+    let joined: String = deltas
+        .iter()
+        .map(|p| p["deltaText"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, want);
+    assert_eq!(
+        deltas.last().unwrap()["message"]["content"][0]["text"],
+        want.as_str()
+    );
+    // Per-run seq still counts every chat event of the run from 1.
+    let seqs: Vec<u64> = chat.iter().map(|p| p["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=chat.len() as u64).collect::<Vec<_>>());
+    let tokens = agent.iter().filter(|p| p["stream"] == "assistant").count();
+    assert_eq!(tokens, 200, "the agent stream is not throttled");
+}
+
+#[test]
+fn a_held_back_delta_goes_out_when_its_window_ends_even_if_the_provider_pauses() {
+    // "a" and "b" arrive together: "a" goes out at once, "b" is held by the throttle and
+    // must reach clients while the provider is silent, before "c".
+    let g = gateway_with_upstream(&scripted_upstream(vec![
+        ("a", Duration::ZERO),
+        ("b", Duration::from_millis(1500)),
+        ("c", Duration::ZERO),
+    ]));
+    let mut c = g.connect(RW);
+    c.call("sessions.patch", json!({"key": "pause", "model": "up/m"}))
+        .unwrap();
+    send(&mut c, "pause", "go", "pause1");
+    let (chat, _) = chat_and_agent_until_done(&mut c, "pause1");
+    let deltas: Vec<&str> = chat
+        .iter()
+        .filter(|p| p["state"] == "delta")
+        .map(|p| p["deltaText"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, ["a", "b", "c"], "{chat:?}");
+    assert_eq!(chat.last().unwrap()["message"]["content"][0]["text"], "abc");
+}

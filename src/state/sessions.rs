@@ -42,6 +42,10 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// carries the text so far, so an endless reply must not grow memory or per-event cost
 /// without bound).
 pub const MAX_REPLY_BYTES: usize = 1 << 20;
+/// At most one chat `delta` event per run per this window, as the real gateway
+/// (`emitChatDelta`): a fast provider costs one broadcast per window, not one per token.
+/// The `agent` assistant stream is not throttled.
+pub const DELTA_THROTTLE: Duration = Duration::from_millis(150);
 /// A run still waiting for a gateway-wide slot after this long is announced as queued.
 const SLOT_WAIT_ANNOUNCE: Duration = Duration::from_millis(50);
 /// Most runs one session's lane may hold (running + queued).
@@ -877,6 +881,41 @@ fn prompt_for(history: &[TranscriptMessage], run_id: &str, message: &str) -> Vec
     out
 }
 
+/// Which part of a run's reply the next chat `delta` carries, and when.
+#[derive(Default)]
+struct DeltaThrottle {
+    /// Bytes of the reply already sent in `delta` events.
+    sent: Cell<usize>,
+    /// When the last `delta` went out.
+    last: Cell<Option<std::time::Instant>>,
+}
+
+impl DeltaThrottle {
+    /// The unsent range of a `len`-byte reply if a `delta` may go out at `at` (always when
+    /// `force`), marking it sent.
+    fn take(
+        &self,
+        len: usize,
+        force: bool,
+        at: std::time::Instant,
+    ) -> Option<std::ops::Range<usize>> {
+        let from = self.sent.get();
+        if len <= from {
+            return None;
+        }
+        let open = match self.last.get() {
+            Some(last) => at.saturating_duration_since(last) >= DELTA_THROTTLE,
+            None => true,
+        };
+        if !(open || force) {
+            return None;
+        }
+        self.sent.set(len);
+        self.last.set(Some(at));
+        Some(from..len)
+    }
+}
+
 fn assistant_message(text: &str) -> Value {
     json!({"role": "assistant", "content": [{"type": "text", "text": text}], "timestamp": now_ms()})
 }
@@ -888,11 +927,11 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
     run.status.set(RunStatus::Running);
     run.started_at.set(now_ms());
     let key = run.key.clone();
-    let mut chat_seq = 0u64;
+    let chat_seq = Cell::new(0u64);
     let mut agent_seq = run.agent_seq.get();
-    let mut next_chat = || {
-        chat_seq += 1;
-        chat_seq
+    let next_chat = || {
+        chat_seq.set(chat_seq.get() + 1);
+        chat_seq.get()
     };
     agent_seq += 1;
     emit_agent(
@@ -926,13 +965,29 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
             return;
         }
     };
-    let mut text = String::new();
+    let text = RefCell::new(String::new());
+    let deltas = DeltaThrottle::default();
+    // Sends the text not yet in a `delta` event, at most once per DELTA_THROTTLE unless
+    // `now` (the tail before the terminal event).
+    let flush = |now: bool| {
+        let t = text.borrow();
+        if let Some(fresh) = deltas.take(t.len(), now, std::time::Instant::now()) {
+            emit_chat(
+                core,
+                run_id,
+                &key,
+                next_chat(),
+                json!({"state": "delta", "deltaText": &t[fresh], "message": assistant_message(&t)}),
+                true,
+            );
+        }
+    };
     let mut outcome: Option<RunOutcome> = None;
     let too_long = Cell::new(false);
     {
         let mut on = |ev: ProviderEvent| match ev {
             ProviderEvent::Delta(_) if too_long.get() => {}
-            ProviderEvent::Delta(d) if text.len() + d.len() > MAX_REPLY_BYTES => {
+            ProviderEvent::Delta(d) if text.borrow().len() + d.len() > MAX_REPLY_BYTES => {
                 too_long.set(true);
                 outcome = Some(Err((
                     format!("the reply exceeded {MAX_REPLY_BYTES} bytes"),
@@ -940,16 +995,8 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
                 )));
             }
             ProviderEvent::Delta(d) => {
-                text.push_str(&d);
-                let s = next_chat();
-                emit_chat(
-                    core,
-                    run_id,
-                    &key,
-                    s,
-                    json!({"state": "delta", "deltaText": d, "message": assistant_message(&text)}),
-                    true,
-                );
+                text.borrow_mut().push_str(&d);
+                flush(false);
                 agent_seq += 1;
                 emit_agent(
                     core,
@@ -957,7 +1004,7 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
                     &key,
                     agent_seq,
                     "assistant",
-                    json!({"text": text, "delta": d}),
+                    json!({"text": &*text.borrow(), "delta": d}),
                 );
             }
             ProviderEvent::Done { .. } | ProviderEvent::Error { .. } if too_long.get() => {}
@@ -978,9 +1025,18 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
                 std::task::Poll::Pending
             }
         });
+        // A tail held back by the throttle goes out once its window ends, even if the
+        // provider goes quiet (the real gateway only flushes it before `final`).
+        let trailing = async {
+            loop {
+                monoio::time::sleep(DELTA_THROTTLE).await;
+                flush(false);
+            }
+        };
         let timed_out = monoio::select! {
             r = monoio::time::timeout(d, reply) => r.is_err(),
             () = capped => false,
+            () = trailing => false,
         };
         if timed_out {
             outcome = Some(Err((
@@ -989,6 +1045,10 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
             )));
         }
     }
+    if !run.abort.is_aborted() {
+        flush(true);
+    }
+    let text = text.into_inner();
     *run.summary.borrow_mut() = text.clone();
     let now = now_ms();
     let append = |stop: &str, err: Option<String>, usage: Option<Value>| {
