@@ -20,6 +20,7 @@ use super::reply::ReplySlot;
 use crate::auth::scopes;
 use crate::config::{AuthMode, Config};
 use crate::protocol::frames::{encode_event_body, encode_event_body_raw};
+use crate::store::commit::{Durability, Generations};
 use crate::store::devices::{DeviceRegistry, PairedDevice, PairingRequest};
 use crate::transport::outbox::{Budget, Outbox, Push};
 
@@ -245,16 +246,9 @@ pub struct Core {
     /// Replica of the paired-device registry (authoritative on core 0). Replicas only ever
     /// receive records that are on disk.
     pub devices: RefCell<DeviceRegistry>,
-    /// Core 0: devices whose latest change is in a registry save not yet known to be on
-    /// disk (device id → generation of that save). Their tokens must not be handed out.
-    devices_pending: RefCell<HashMap<String, u64>>,
-    /// Core 0: generation of the last registry save queued / completed successfully.
-    devices_queued_gen: Cell<u64>,
-    devices_durable_gen: Cell<u64>,
-    /// Core 0: generation of the last registry save whose outcome is known.
-    devices_done_gen: Cell<u64>,
-    /// Core 0: a registry save is queued or running.
-    devices_save_in_flight: Cell<bool>,
+    /// Core 0: registry saves (group commit, one in flight) and the devices whose latest
+    /// change is not yet known to be on disk. Their tokens must not be handed out.
+    devices_commits: RefCell<Generations>,
     /// Core 0: approved pairings waiting for the registry save (generation `.0`) that
     /// carries their device's record; answered when it completes. A reconnect that changes
     /// nothing waits for the save already on its way instead of queueing another (a device
@@ -332,11 +326,7 @@ impl Core {
             next_conn: Cell::new(1),
             preauth_by_ip: RefCell::new(HashMap::new()),
             devices: RefCell::new(devices),
-            devices_pending: RefCell::new(HashMap::new()),
-            devices_queued_gen: Cell::new(0),
-            devices_durable_gen: Cell::new(0),
-            devices_done_gen: Cell::new(0),
-            devices_save_in_flight: Cell::new(false),
+            devices_commits: RefCell::new(Generations::default()),
             devices_parked: RefCell::new(Vec::new()),
             presence: RefCell::new(Arc::new(PresenceSnap::default())),
             presence_master: RefCell::new(BTreeMap::new()),
@@ -650,10 +640,7 @@ impl Core {
     /// replicas, which only receive saved records; on core 0 false from the change until a
     /// save that carries it succeeds — after a failed save, until the next one).
     pub fn device_durable(&self, device_id: &str) -> bool {
-        self.devices_pending
-            .borrow()
-            .get(device_id)
-            .is_none_or(|g| *g <= self.devices_durable_gen.get())
+        self.devices_commits.borrow().durability(device_id) == Durability::Durable
     }
 
     /// Core 0: start the next registry save if devices wait for one and none is on its
@@ -661,29 +648,17 @@ impl Core {
     /// The records are snapshotted now and replicated to the other cores only once the
     /// save is on disk, so no core can hand out a token a crash could take back.
     fn kick_device_save(self: &Rc<Self>) {
-        if self.devices_save_in_flight.get() {
-            return;
-        }
-        let gen = self.devices_queued_gen.get() + 1;
-        if !self.devices_pending.borrow().values().any(|g| *g == gen) {
-            return;
-        }
-        // Every record not yet known on disk rides this save and is replicated after it —
-        // including ones whose own save failed (the whole file is written, so they land on
-        // disk now and the replicas must learn them, not keep an older token).
-        let durable = self.devices_durable_gen.get();
-        let ids: Vec<String> = {
-            let mut pending = self.devices_pending.borrow_mut();
-            pending
-                .iter_mut()
-                .filter(|(_, g)| **g > durable)
-                .map(|(id, g)| {
-                    *g = (*g).max(gen);
-                    id.clone()
-                })
-                .collect()
+        let (gen, ids) = {
+            let mut commits = self.devices_commits.borrow_mut();
+            if !commits.should_start() {
+                return;
+            }
+            // Every record not yet known on disk rides this save and is replicated after
+            // it — including ones whose own save failed (the whole file is written, so they
+            // land on disk now and the replicas must learn them, not keep an older token).
+            let ids = commits.restage_not_durable();
+            (commits.start(), ids)
         };
-        self.devices_queued_gen.set(gen);
         let reg = self.devices.borrow();
         let records: Vec<Arc<PairedDevice>> = ids
             .iter()
@@ -696,32 +671,38 @@ impl Core {
         drop(reg);
         match queued {
             Ok(Some(slot)) => {
-                self.devices_save_in_flight.set(true);
                 let core = self.clone();
                 monoio::spawn(async move {
                     let r = slot.wait().await.map_err(|e| save_error(&e));
-                    core.devices_save_in_flight.set(false);
-                    if r.is_ok() {
-                        core.devices_saved(gen, &records);
-                    }
-                    core.devices_save_finished(gen, &r);
+                    core.devices_save_finished(gen, &records, r);
                     core.kick_device_save();
                 });
             }
             // No store thread: already written in place.
-            Ok(None) => {
-                self.devices_saved(gen, &records);
-                self.devices_save_finished(gen, &Ok(()));
-            }
-            Err(e) => self.devices_save_finished(gen, &Err(save_error(&e))),
+            Ok(None) => self.devices_save_finished(gen, &records, Ok(())),
+            Err(e) => self.devices_save_finished(gen, &records, Err(save_error(&e))),
         }
     }
 
-    /// Core 0: the outcome of save `gen` is known: answer the pairings parked on it (or on
-    /// an earlier save).
-    fn devices_save_finished(&self, gen: u64, r: &Result<(), String>) {
-        self.devices_done_gen
-            .set(self.devices_done_gen.get().max(gen));
+    /// Core 0: the outcome of save `gen` (carrying `records`) is known. On disk: its
+    /// devices may hand out tokens and the replicas learn them. Either way the pairings
+    /// parked on it (or on an earlier save) are answered.
+    fn devices_save_finished(
+        &self,
+        gen: u64,
+        records: &[Arc<PairedDevice>],
+        r: Result<(), String>,
+    ) {
+        self.devices_commits.borrow_mut().finish(gen, r.clone());
+        if r.is_ok() {
+            for rec in records {
+                for to in 0..self.shared.mesh.cores() {
+                    if to != self.id {
+                        self.send_ordered(to, MeshMsg::DeviceUpsert(rec.clone()));
+                    }
+                }
+            }
+        }
         let due: Vec<_> = {
             let mut parked = self.devices_parked.borrow_mut();
             let (due, rest) = std::mem::take(&mut *parked)
@@ -730,25 +711,10 @@ impl Core {
             *parked = rest;
             due
         };
-        reply_pairings(due.into_iter().map(|(_, o, reply)| (o, reply)).collect(), r);
-    }
-
-    /// Core 0: save `gen` is on disk: its devices may hand out tokens, replicas learn them.
-    fn devices_saved(&self, gen: u64, records: &[Arc<PairedDevice>]) {
-        if gen > self.devices_durable_gen.get() {
-            self.devices_durable_gen.set(gen);
-        }
-        let durable = self.devices_durable_gen.get();
-        self.devices_pending
-            .borrow_mut()
-            .retain(|_, g| *g > durable);
-        for rec in records {
-            for to in 0..self.shared.mesh.cores() {
-                if to != self.id {
-                    self.send_ordered(to, MeshMsg::DeviceUpsert(rec.clone()));
-                }
-            }
-        }
+        reply_pairings(
+            due.into_iter().map(|(_, o, reply)| (o, reply)).collect(),
+            &r,
+        );
     }
 
     /// Core 0: apply a batch of pairing jobs. A job that changed its device's record (or
@@ -757,23 +723,18 @@ impl Core {
     /// that save completes — from a task, so this core keeps serving while the disk works.
     /// A token is only ever handed out once its record is on disk.
     pub fn pair_batch(self: &Rc<Self>, jobs: Vec<(Box<PairJob>, Arc<ReplySlot<PairOutcome>>)>) {
-        let next = self.devices_queued_gen.get() + 1;
         for (job, reply) in jobs {
             let (outcome, dirty) = self.pair_apply(&job);
             if !matches!(outcome, PairOutcome::Approved { .. }) {
                 reply.send(outcome);
                 continue;
             }
-            let pending = self.devices_pending.borrow().get(&job.device_id).copied();
-            let on_its_way = pending.filter(|g| *g > self.devices_done_gen.get());
+            let on_its_way = self.devices_commits.borrow().on_its_way(&job.device_id);
             let gen = match on_its_way {
                 // Unchanged, and its latest save is still on its way: wait for that one.
                 Some(g) if !dirty => g,
                 _ if dirty || !self.device_durable(&job.device_id) => {
-                    self.devices_pending
-                        .borrow_mut()
-                        .insert(job.device_id.clone(), next);
-                    next
+                    self.devices_commits.borrow_mut().stage(&job.device_id)
                 }
                 _ => {
                     reply.send(outcome);

@@ -4,6 +4,7 @@
 //! touch: sockets, per-core maps. Callers own caching and decide which core writes.
 
 pub mod atomic;
+pub mod commit;
 pub mod devices;
 pub mod io_thread;
 pub mod sessions;

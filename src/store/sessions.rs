@@ -89,6 +89,7 @@ pub use model::{
 };
 
 use super::atomic::write_atomic;
+use super::commit::Generations;
 use super::io_thread::{run_inline, Failure, Job, StoreIo};
 use crate::auth::token::uuid_v4;
 
@@ -180,17 +181,7 @@ pub struct SessionShard {
     commits: Commits,
 }
 
-/// Where a key's latest staged change stands (see [`SessionShard::durability`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// In the on-disk index (or nothing was staged).
-    Durable,
-    /// Waiting for an index write (queued, in flight, or not yet started).
-    Pending,
-    /// The write meant to carry it failed (the message); it stays staged and the next
-    /// change of the key, or the next flush, writes it again.
-    Failed(String),
-}
+pub use super::commit::Durability;
 
 /// What [`SessionShard::start_index_write`] did.
 pub enum IndexWrite {
@@ -220,23 +211,13 @@ enum AfterIndex {
     Remove(PathBuf),
 }
 
-/// Group commit of staged rows: generation `n` is the n-th index write a reply waits for.
+/// Group commit of staged rows (generation `n` is the n-th index write a reply waits for)
+/// and what runs after them.
 #[derive(Debug, Default)]
 struct Commits {
-    /// Last generation handed to the store thread.
-    queued: u64,
-    /// Last generation whose outcome is known.
-    done: u64,
-    /// Last generation that reached the disk (every later one also carries what it did).
-    ok: u64,
-    /// A write is queued or running: changes staged now need the next one.
-    in_flight: bool,
-    /// Key → the generation that must succeed for its latest change to be durable.
-    waiting: HashMap<String, u64>,
+    gens: Generations,
     /// Follow-ups, each after its generation succeeded.
     after: Vec<(u64, AfterIndex)>,
-    /// Why the last failed write failed.
-    last_error: Option<String>,
 }
 
 /// `<state_dir>/sessions`.
@@ -664,8 +645,7 @@ impl SessionShard {
         after: Vec<AfterIndex>,
     ) -> io::Result<()> {
         if self.io.is_some() {
-            let gen = self.commits.queued + 1;
-            self.commits.waiting.insert(key.to_string(), gen);
+            let gen = self.commits.gens.stage(key);
             self.commits
                 .after
                 .extend(after.into_iter().map(|a| (gen, a)));
@@ -706,26 +686,16 @@ impl SessionShard {
     /// Whether `key`'s latest change is in the on-disk index. Always
     /// [`Durability::Durable`] without a store thread (changes are written in place).
     pub fn durability(&self, key: &str) -> Durability {
-        let c = &self.commits;
-        match c.waiting.get(key) {
-            None => Durability::Durable,
-            Some(g) if *g <= c.ok => Durability::Durable,
-            Some(g) if *g <= c.done => Durability::Failed(
-                c.last_error
-                    .clone()
-                    .unwrap_or_else(|| "session index write failed".into()),
-            ),
-            Some(_) => Durability::Pending,
-        }
+        self.commits.gens.durability(key)
     }
 
     /// A key whose write failed is staged again, for the next write.
     fn restage_failed(&mut self, key: &str) {
         if let Durability::Failed(_) = self.durability(key) {
-            let gen = self.commits.queued + 1;
-            self.commits.waiting.insert(key.to_string(), gen);
-            for (g, _) in &mut self.commits.after {
-                if *g <= self.commits.done && *g > self.commits.ok {
+            let c = &mut self.commits;
+            let gen = c.gens.stage(key);
+            for (g, _) in &mut c.after {
+                if c.gens.failed(*g) {
                     *g = gen;
                 }
             }
@@ -735,12 +705,10 @@ impl SessionShard {
     /// Start the index write that carries the staged changes, unless one is already in
     /// flight (its completion starts the next) or nothing waits for one.
     pub fn start_index_write(&mut self) -> IndexWrite {
-        let c = &self.commits;
-        if c.in_flight || !c.waiting.values().any(|g| *g > c.queued) {
+        if !self.commits.gens.should_start() {
             return IndexWrite::Idle;
         }
-        let gen = c.queued + 1;
-        self.commits.queued = gen;
+        let gen = self.commits.gens.start();
         let bytes = match self.index_bytes() {
             Ok(b) => b,
             Err(e) => {
@@ -761,10 +729,7 @@ impl SessionShard {
             return IndexWrite::Finished;
         };
         match io.run_async(jobs) {
-            Ok(slot) => {
-                self.commits.in_flight = true;
-                IndexWrite::Queued(gen, slot)
-            }
+            Ok(slot) => IndexWrite::Queued(gen, slot),
             Err(e) => {
                 self.index_write_done(gen, Err(e));
                 IndexWrite::Finished
@@ -774,40 +739,38 @@ impl SessionShard {
 
     /// The outcome of index write `gen` (from [`Self::start_index_write`]).
     pub fn index_write_done(&mut self, gen: u64, outcome: io::Result<()>) {
-        let c = &mut self.commits;
-        if gen >= c.queued {
-            // (A late report of an older write must not free the slot of a newer one.)
-            c.in_flight = false;
-        }
-        c.done = c.done.max(gen);
         match outcome {
             Ok(()) => {
-                c.ok = c.ok.max(gen);
-                c.last_error = None;
-                let ok = c.ok;
-                c.waiting.retain(|_, g| *g > ok);
-                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut c.after)
-                    .into_iter()
-                    .partition(|(g, _)| *g <= ok);
-                c.after = later;
-                for (_, a) in due {
-                    self.run_after(a);
-                }
+                self.commits.gens.finish(gen, Ok(()));
+                self.run_due_after();
             }
             Err(e) => {
                 tracing::error!(core = self.core, error = %e, "session index write failed");
-                c.last_error = Some(format!("session index write failed: {e}"));
+                self.commits
+                    .gens
+                    .finish(gen, Err(format!("session index write failed: {e}")));
                 // The rows stay in memory; the periodic flush retries the index.
                 self.index_dirty = true;
             }
         }
     }
 
+    /// Run the follow-ups whose index write is on disk.
+    fn run_due_after(&mut self) {
+        let ok = self.commits.gens.ok();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.commits.after)
+            .into_iter()
+            .partition(|(g, _)| *g <= ok);
+        self.commits.after = later;
+        for (_, a) in due {
+            self.run_after(a);
+        }
+    }
+
     /// Everything staged is on disk (a blocking flush wrote the index after it).
     fn all_staged_durable(&mut self) {
-        let gen = self.commits.queued.max(self.commits.done) + 1;
-        self.commits.queued = gen;
-        self.index_write_done(gen, Ok(()));
+        self.commits.gens.all_durable();
+        self.run_due_after();
     }
 
     /// Get or create the session `key` (canonical, owned by this core). A new session gets
@@ -1150,7 +1113,7 @@ impl SessionShard {
         }
         for _ in 0..2 {
             self.absorb_io_failures();
-            let staged = !self.commits.waiting.is_empty() || !self.commits.after.is_empty();
+            let staged = self.commits.gens.any_staged() || !self.commits.after.is_empty();
             // A staged change whose write is still in flight is rewritten here: that write's
             // outcome would only reach a task that no longer runs.
             self.index_dirty |= staged;
