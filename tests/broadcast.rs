@@ -327,3 +327,92 @@ fn ticks_arrive_in_seq_order_and_a_peer_that_never_pongs_is_closed() {
         other => panic!("expected a 1011 close, got {other:?}"),
     }
 }
+
+#[test]
+fn a_joining_client_gets_hello_ok_before_any_event_even_on_core_0() {
+    // One worker: the join is published on core 0 at once, while the socket is still in
+    // its handshake. It must not get that presence event (seq 1, pre-auth budget) before
+    // its hello-ok.
+    let g = Gateway::start_with(Opts {
+        workers: 1,
+        ..Opts::default()
+    });
+    let mut keep = Vec::new();
+    for i in 0..3 {
+        let o = clawgate::client::ConnectOptions {
+            token: Some(g.token.clone()),
+            client_id: "openclaw-tui".into(),
+            client_mode: "ui".into(),
+            device: Some(clawgate::client::DeviceIdentity::random()),
+            ..clawgate::client::ConnectOptions::default()
+        };
+        let (mut c, hello) = Client::connect(&g.url(), &o).unwrap();
+        assert!(
+            c.events.is_empty(),
+            "join {i}: events before hello-ok: {:?}",
+            c.events
+        );
+        // Its own row is in the hello-ok snapshot or in the first event after it.
+        let in_hello = hello["snapshot"]["presence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["mode"] == "ui")
+            .count();
+        if in_hello < i + 1 {
+            let ev = next_presence(&mut c);
+            assert_eq!(ev["seq"], 1);
+        }
+        keep.push(c);
+    }
+}
+
+#[test]
+fn system_event_rows_are_typed_bounded_and_capped_at_200() {
+    let g = Gateway::start("uring");
+    let mut admin = g.connect(&["operator.admin"]);
+    // Wrong types are refused, not copied into every presence event.
+    for bad in [
+        json!({"text": "x", "host": {"a": 1}}),
+        json!({"text": "x", "lastInputSeconds": "3"}),
+        json!({"text": "x", "tags": [1, 2]}),
+    ] {
+        let e = admin.call("system-event", bad.clone()).unwrap_err();
+        assert!(format!("{e:?}").contains("INVALID_REQUEST"), "{bad}: {e:?}");
+    }
+    // Long fields are clipped.
+    admin
+        .call(
+            "system-event",
+            json!({"text": "t".repeat(5000), "host": "h".repeat(1000), "instanceId": "big"}),
+        )
+        .unwrap();
+    let find = |admin: &mut Client, f: &dyn Fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = admin.call("system-presence", json!({})).unwrap();
+            if let Some(e) = list.as_array().unwrap().iter().find(|e| f(e)) {
+                return (e.clone(), list);
+            }
+            assert!(Instant::now() < deadline, "row never appeared: {list}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (big, _) = find(&mut admin, &|e| e["instanceId"] == "big");
+    assert_eq!(big["text"].as_str().unwrap().len(), 1024);
+    assert_eq!(big["host"].as_str().unwrap().len(), 256);
+    // Rows without an identity are keyed by their text: 250 distinct texts keep 200 rows.
+    for i in 0..250 {
+        admin
+            .call("system-event", json!({"text": format!("event {i}")}))
+            .unwrap();
+    }
+    let (_, list) = find(&mut admin, &|e| e["text"] == "event 249");
+    let rows = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["text"].as_str().unwrap_or("").starts_with("event "))
+        .count();
+    assert!(rows <= 200, "{rows} system-event rows kept");
+}

@@ -907,6 +907,108 @@ fn a_slow_disk_delays_only_the_acks_that_need_it_never_the_core() {
         "delete acknowledged before the index dropped the row"
     );
     assert!(!transcript.exists(), "transcript still there after delete");
+    let archived = std::fs::read_dir(transcript.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{sid}.deleted."))
+        });
+    assert!(archived, "the transcript is archived, not destroyed");
+}
+
+#[test]
+fn sessions_delete_archives_the_transcript_and_refuses_the_main_session() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    for (key, idem) in [("keep", "d1"), ("gone", "d2"), ("main", "d3")] {
+        send(&mut c, key, "hello", idem);
+        chat_until_done(&mut c, idem, Duration::from_secs(10));
+    }
+    let sid = |c: &mut Client, key: &str| {
+        c.call("sessions.list", json!({})).unwrap()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .and_then(|s| s["sessionId"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let dir = g.state_dir.join("agents/main/sessions");
+    // Default (deleteTranscript true, as the real gateway): archived, not destroyed.
+    let gone = sid(&mut c, "agent:main:gone");
+    let r = c.call("sessions.delete", json!({"key": "gone"})).unwrap();
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["deleted"], true);
+    assert_eq!(r["key"], "agent:main:gone");
+    let archived = std::path::PathBuf::from(r["archived"][0].as_str().unwrap());
+    assert!(archived.exists(), "{r}");
+    assert!(archived
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with(&format!("{gone}.deleted.")));
+    assert!(!dir.join(format!("{gone}.jsonl")).exists());
+    // deleteTranscript false: the transcript stays where it is.
+    let keep = sid(&mut c, "agent:main:keep");
+    let r = c
+        .call(
+            "sessions.delete",
+            json!({"key": "keep", "deleteTranscript": false}),
+        )
+        .unwrap();
+    assert_eq!(r["archived"], json!([]));
+    assert!(dir.join(format!("{keep}.jsonl")).exists());
+    // A second delete finds nothing.
+    let r = c.call("sessions.delete", json!({"key": "keep"})).unwrap();
+    assert_eq!(r["deleted"], false);
+    // Wrong types and the main session are refused.
+    for bad in [
+        json!({"key": "main"}),
+        json!({"key": "agent:main:main"}),
+        json!({"key": "other", "deleteTranscript": "yes"}),
+    ] {
+        let e = c.call("sessions.delete", bad.clone()).unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Rpc(v) if v["code"] == "INVALID_REQUEST"),
+            "{bad}: {e:?}"
+        );
+    }
+    assert!(c.call("sessions.list", json!({})).unwrap()["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["key"] == "agent:main:main"));
+}
+
+#[test]
+fn wrongly_typed_or_oversized_chat_params_are_refused_not_widened() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    send(&mut c, "main", "/slow one two three four", "w1");
+    for (method, params) in [
+        // A non-string runId must not abort every run of the session.
+        ("chat.abort", json!({"sessionKey": "main", "runId": 123})),
+        (
+            "agent",
+            json!({"sessionKey": 42, "message": "x", "idempotencyKey": "w2"}),
+        ),
+        (
+            "chat.send",
+            json!({"sessionKey": "main", "message": "x", "idempotencyKey": "k".repeat(513)}),
+        ),
+    ] {
+        let e = c.call(method, params.clone()).unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Rpc(v) if v["code"] == "INVALID_REQUEST"),
+            "{method} {params}: {e:?}"
+        );
+    }
+    // The run was not aborted.
+    let ev = chat_until_done(&mut c, "w1", Duration::from_secs(20));
+    assert_eq!(ev.last().unwrap()["state"], "final");
 }
 
 /// A one-shot OpenAI-compatible upstream: reads the request, answers 200 with a chunked
@@ -1143,4 +1245,34 @@ fn a_held_back_delta_goes_out_when_its_window_ends_even_if_the_provider_pauses()
         .collect();
     assert_eq!(deltas, ["a", "b", "c"], "{chat:?}");
     assert_eq!(chat.last().unwrap()["message"]["content"][0]["text"], "abc");
+}
+
+#[test]
+fn sessions_preview_answers_the_first_64_keys_trimmed_and_keeps_serving_others() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    send(&mut c, "main", "preview me", "pv1");
+    chat_until_done(&mut c, "pv1", Duration::from_secs(10));
+    // 1 padded key, 1 empty (skipped), then 10 000 more: only the first 64 are answered.
+    let mut keys = vec![json!(" main "), json!("")];
+    keys.extend((0..10_000).map(|i| json!(format!("agent:main:p{i}"))));
+    let r = c
+        .call("sessions.preview", json!({"keys": keys, "limit": 5}))
+        .unwrap();
+    let previews = r["previews"].as_array().unwrap();
+    assert_eq!(previews.len(), 64, "{}", previews.len());
+    assert_eq!(previews[0]["key"], "main");
+    assert_eq!(previews[0]["status"], "ok");
+    assert_eq!(previews[0]["items"][0]["text"], "preview me");
+    assert_eq!(previews[1]["key"], "agent:main:p0");
+    assert_eq!(previews[1]["status"], "missing");
+    let e = c
+        .call("sessions.preview", json!({"keys": ["main", 7]}))
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Rpc(v) if v["code"] == "INVALID_REQUEST"),
+        "{e:?}"
+    );
+    // Still serving.
+    assert_eq!(c.call("health", json!({})).unwrap()["ok"], true);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::Session;
-use crate::protocol::error::{ErrorShape, UNAVAILABLE};
+use crate::protocol::error::{ErrorShape, INVALID_REQUEST, UNAVAILABLE};
 use crate::protocol::frames::{encode_err, encode_ok};
 use crate::runtime::core::Core;
 use crate::state::sessions::{OpReply, SessionOp};
@@ -85,6 +85,36 @@ fn opt_u64(
     }
 }
 
+fn opt_bool(
+    method: &str,
+    o: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<bool>, ErrorShape> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ErrorShape::invalid_params(
+            method,
+            format!("at /{field}: must be boolean"),
+        )),
+    }
+}
+
+fn opt_str<'a>(
+    method: &str,
+    o: &'a serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ErrorShape> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ErrorShape::invalid_params(
+            method,
+            format!("at /{field}: must be string"),
+        )),
+    }
+}
+
 fn key_of(s: &Session, method: &str, raw: &str) -> Result<String, ErrorShape> {
     canonical_key(raw, s.core.shared.config.default_agent_id())
         .map_err(|e| ErrorShape::invalid_params(method, e))
@@ -110,6 +140,10 @@ fn value(r: OpReply) -> Result<Value, ErrorShape> {
 
 /// Longest single wait of a pending `agent.wait` before it checks its connection again.
 const WAIT_SLICE: Duration = Duration::from_secs(5);
+/// Longest `idempotencyKey` accepted (bytes).
+const MAX_IDEMPOTENCY_KEY: usize = 512;
+/// `sessions.preview` answers for the first this-many keys (as the real gateway).
+const MAX_PREVIEW_KEYS: usize = 64;
 
 /// `agent.wait`: the run lives on its session's owner; ask every core in turn (a core that
 /// does not know the run answers at once), the owner answers when the run ends or times out.
@@ -188,13 +222,34 @@ async fn run(
                 }
             };
             let idem = req_str(name, o, "idempotencyKey")?.to_string();
+            if idem.len() > MAX_IDEMPOTENCY_KEY {
+                // It is the runId of every event of the run and a dedupe-cache key.
+                return Err(ErrorShape::invalid_params(
+                    name,
+                    format!("at /idempotencyKey: must NOT have more than {MAX_IDEMPOTENCY_KEY} characters"),
+                ));
+            }
             let raw_key = match m {
                 ChatMethod::Send => req_str(name, o, "sessionKey")?.to_string(),
-                _ => o
-                    .get("sessionKey")
-                    .and_then(Value::as_str)
+                _ => opt_str(name, o, "sessionKey")?
                     .unwrap_or("main")
                     .to_string(),
+            };
+            // `agent` answers again when the run ends, from a task of this connection:
+            // bounded like `agent.wait`'s, and taken before anything is queued.
+            let final_slot = if m == ChatMethod::Agent {
+                Some(s.wait_slot().ok_or_else(|| {
+                    ErrorShape::new(
+                        UNAVAILABLE,
+                        format!(
+                            "too many agent calls pending on this connection (max {})",
+                            super::MAX_PENDING_WAITS
+                        ),
+                    )
+                    .retry_after(1000)
+                })?)
+            } else {
+                None
             };
             let key = key_of(s, name, &raw_key)?;
             let owner = shard_of(&key, workers);
@@ -259,6 +314,7 @@ async fn run(
                         Err(e) => encode_err(&id, &e, None),
                     };
                     outbox.push_frame(OpCode::Text, &frame);
+                    drop(final_slot);
                 });
                 return Ok(None);
             }
@@ -266,7 +322,7 @@ async fn run(
         }
         ChatMethod::Abort => {
             let key = key_of(s, name, req_str(name, o, "sessionKey")?)?;
-            let run_id = o.get("runId").and_then(Value::as_str).map(str::to_string);
+            let run_id = opt_str(name, o, "runId")?.map(str::to_string);
             let owner = shard_of(&key, workers);
             value(route(core, owner, SessionOp::Abort { key, run_id }).await).map(Some)
         }
@@ -338,8 +394,17 @@ async fn run(
         ChatMethod::SessionsList => {
             let mut all = Vec::new();
             for c in 0..workers {
-                if let OpReply::Summaries(mut v) = route(core, c, SessionOp::List).await {
-                    all.append(&mut v);
+                match route(core, c, SessionOp::List).await {
+                    OpReply::Summaries(mut v) => all.append(&mut v),
+                    // A core that could not answer (its queue is full): a partial list
+                    // with a wrong count would look authoritative; ask again instead.
+                    other => {
+                        value(other)?;
+                        return Err(
+                            ErrorShape::new(UNAVAILABLE, "a session shard did not answer")
+                                .retry_after(1000),
+                        );
+                    }
                 }
             }
             s.with_sessions_view(&all, |v| super::system::sessions_list(v, params))
@@ -360,14 +425,26 @@ async fn run(
             let max_chars = opt_u64(name, o, "maxChars")?
                 .unwrap_or(240)
                 .clamp(20, 100_000) as usize;
-            let mut previews = Vec::new();
-            for k in keys {
+            // As the real gateway: trimmed, empty keys skipped, the first 64 only, and the
+            // core serves others between keys (each is a transcript read on its owner).
+            let mut wanted = Vec::new();
+            for k in &keys {
                 let Some(requested) = k.as_str() else {
                     return Err(ErrorShape::invalid_params(
                         name,
                         "at /keys: items must be strings",
                     ));
                 };
+                let requested = requested.trim();
+                if !requested.is_empty() && wanted.len() < MAX_PREVIEW_KEYS {
+                    wanted.push(requested);
+                }
+            }
+            let mut previews = Vec::new();
+            for requested in wanted {
+                if !previews.is_empty() {
+                    crate::runtime::yield_now().await;
+                }
                 let key = key_of(s, name, requested)?;
                 let owner = shard_of(&key, workers);
                 let op = SessionOp::Preview {
@@ -408,10 +485,20 @@ async fn run(
         }
         ChatMethod::SessionsDelete => {
             let key = key_of(s, name, req_str(name, o, "key")?)?;
-            let delete_transcript = o
-                .get("deleteTranscript")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            // An agent's main session (`agent:<id>:main`) cannot be deleted (reset it).
+            if key
+                .strip_prefix("agent:")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, rest)| rest)
+                == Some("main")
+            {
+                return Err(ErrorShape::new(
+                    INVALID_REQUEST,
+                    format!("Cannot delete the main session ({key})."),
+                ));
+            }
+            // As the real gateway: archived unless `deleteTranscript: false`.
+            let delete_transcript = opt_bool(name, o, "deleteTranscript")?.unwrap_or(true);
             let owner = shard_of(&key, workers);
             value(
                 route(

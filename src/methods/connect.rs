@@ -284,13 +284,15 @@ pub async fn handle(
     });
     s.authenticated(authority.clone(), presence);
 
-    // Zero-scope sockets (probes) get an empty presence list, as the real gateway does.
+    // Zero-scope sockets (probes) get an empty presence list, as the real gateway does;
+    // so does any socket that may not read presence (rows carry IPs, hosts, device ids).
     let presence = s.core.presence.borrow().clone();
-    let presence_json: &[u8] = if authority.scopes.is_empty() {
-        b"[]"
-    } else {
-        &presence.json
-    };
+    let presence_json: &[u8] =
+        if !crate::auth::scopes::satisfied(&authority.scopes, crate::auth::scopes::READ) {
+            b"[]"
+        } else {
+            &presence.json
+        };
     let health_json = s.core.health_payload();
     // Straight from the config: building a whole `SystemView` (session store path and all)
     // for three strings showed up in handshake profiles.

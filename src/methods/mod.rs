@@ -246,6 +246,11 @@ pub struct Session {
 
 /// Most `agent.wait` calls one connection may have pending at once.
 pub const MAX_PENDING_WAITS: usize = 64;
+/// Longest string kept in a presence row field (client-supplied; every row is in every
+/// presence event and hello-ok).
+pub const PRESENCE_FIELD_MAX: usize = 256;
+/// Longest `system-event` text kept in its presence row.
+pub const PRESENCE_TEXT_MAX: usize = 1024;
 
 /// One pending `agent.wait`; dropping it frees the connection's slot.
 pub(crate) struct WaitSlot(Rc<Cell<usize>>);
@@ -401,12 +406,14 @@ impl Session {
         authority: Rc<Authority>,
         presence: Option<system::ClientPresence>,
     ) {
-        self.core.set_authority(self.conn_id, authority.clone());
+        // Presence first: on core 0 the join is published at once, and this socket must
+        // not get that event (seq 1, under the pre-auth budget) before its hello-ok.
         if let Some(p) = presence {
             self.core
                 .presence_join(self.conn_id, system::client_presence_entry(&p, now_ms()));
             self.in_presence = true;
         }
+        self.core.set_authority(self.conn_id, authority.clone());
         self.authority = Some(authority);
     }
 
@@ -549,7 +556,11 @@ mod system_methods {
                 "text (non-empty string) is required",
             ));
         };
+        let bad = |k: &str, want: &str| {
+            ErrorShape::invalid_params("system-event", format!("at /{k}: must be {want}"))
+        };
         let mut entry = serde_json::Map::new();
+        // Every row is in every presence event and hello-ok: typed and bounded.
         for k in [
             "deviceId",
             "instanceId",
@@ -560,22 +571,55 @@ mod system_methods {
             "platform",
             "deviceFamily",
             "modelIdentifier",
-            "lastInputSeconds",
             "reason",
-            "roles",
-            "scopes",
-            "tags",
         ] {
-            if let Some(v) = obj.get(k) {
-                entry.insert(k.to_string(), v.clone());
+            match obj.get(k) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(v)) => {
+                    entry.insert(k.to_string(), json!(system::clip(v, PRESENCE_FIELD_MAX)));
+                }
+                Some(_) => return Err(bad(k, "string")),
             }
         }
+        match obj.get("lastInputSeconds") {
+            None | Some(Value::Null) => {}
+            Some(v @ Value::Number(_)) => {
+                entry.insert("lastInputSeconds".into(), v.clone());
+            }
+            Some(_) => return Err(bad("lastInputSeconds", "number")),
+        }
+        for k in ["roles", "scopes", "tags"] {
+            match obj.get(k) {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(items)) if items.len() <= 64 => {
+                    let mut out = Vec::with_capacity(items.len());
+                    for i in items {
+                        let Some(t) = i.as_str() else {
+                            return Err(bad(k, "an array of strings"));
+                        };
+                        out.push(json!(system::clip(t, PRESENCE_FIELD_MAX)));
+                    }
+                    entry.insert(k.to_string(), Value::Array(out));
+                }
+                Some(_) => return Err(bad(k, "an array of at most 64 strings")),
+            }
+        }
+        let text = system::clip(text.trim(), PRESENCE_TEXT_MAX);
         entry.insert("text".into(), Value::String(text.to_string()));
         entry.insert("ts".into(), json!(now_ms()));
-        let key_src = ["instanceId", "deviceId", "host"]
+        // The row's identity, as the real gateway: device, instance, host, ip, else the
+        // text's first 64 characters.
+        let named = |k: &str| {
+            entry
+                .get(k)
+                .and_then(Value::as_str)
+                .map(|v| v.trim().to_lowercase())
+                .filter(|v| !v.is_empty())
+        };
+        let key_src = ["deviceId", "instanceId", "host", "ip"]
             .iter()
-            .find_map(|k| obj.get(*k).and_then(Value::as_str))
-            .unwrap_or(text);
+            .find_map(|k| named(k))
+            .unwrap_or_else(|| system::clip(text, 64).to_string());
         let key = fnv1a(key_src.as_bytes());
         s.core.presence_event(key, Value::Object(entry));
         Ok(json!({"ok": true}))

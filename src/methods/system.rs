@@ -1284,32 +1284,42 @@ fn trimmed_unique(xs: &[String]) -> Vec<&str> {
         .collect()
 }
 
+/// `s` cut to at most `max` characters (on a character boundary).
+pub fn clip(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}
+
 /// A connected client's presence row: `{host, clientId, ip?, version, platform, deviceFamily?,
 /// modelIdentifier?, timeZone?, mode, deviceId?, roles, scopes, instanceId?, reason:"connect",
 /// text, ts, onlineSince}`. The real gateway lists only non-ephemeral clients (not `cli`
 /// one-shot calls); that choice is the caller's.
 pub fn client_presence_entry(c: &ClientPresence, now_ms: i64) -> Value {
+    let field_max = super::PRESENCE_FIELD_MAX;
     let non_empty = |s: &Option<String>| {
         s.as_deref()
             .filter(|x| !x.trim().is_empty())
-            .map(str::to_string)
+            .map(|x| clip(x, field_max).to_string())
     };
-    let host = non_empty(&c.host).unwrap_or_else(|| c.client_id.clone());
+    let clipped = |s: &str| clip(s, field_max).to_string();
+    let host = non_empty(&c.host).unwrap_or_else(|| clipped(&c.client_id));
     let mut row = Map::new();
     if !host.is_empty() {
         row.insert("host".into(), json!(host));
     }
     if !c.client_id.is_empty() {
-        row.insert("clientId".into(), json!(c.client_id));
+        row.insert("clientId".into(), json!(clipped(&c.client_id)));
     }
     if let Some(ip) = non_empty(&c.ip) {
         row.insert("ip".into(), json!(ip));
     }
     if !c.version.is_empty() {
-        row.insert("version".into(), json!(c.version));
+        row.insert("version".into(), json!(clipped(&c.version)));
     }
     if !c.platform.is_empty() {
-        row.insert("platform".into(), json!(c.platform));
+        row.insert("platform".into(), json!(clipped(&c.platform)));
     }
     if let Some(family) = non_empty(&c.device_family) {
         row.insert("deviceFamily".into(), json!(family));
@@ -1321,7 +1331,7 @@ pub fn client_presence_entry(c: &ClientPresence, now_ms: i64) -> Value {
         row.insert("timeZone".into(), json!(tz));
     }
     if !c.mode.is_empty() {
-        row.insert("mode".into(), json!(c.mode));
+        row.insert("mode".into(), json!(clipped(&c.mode)));
     }
     if let Some(device) = non_empty(&c.device_id) {
         row.insert("deviceId".into(), json!(device));
@@ -1340,7 +1350,7 @@ pub fn client_presence_entry(c: &ClientPresence, now_ms: i64) -> Value {
     let mode_text = if c.mode.is_empty() {
         "unknown"
     } else {
-        c.mode.as_str()
+        clip(&c.mode, field_max)
     };
     row.insert(
         "text".into(),

@@ -303,6 +303,10 @@ impl Drop for RunSlot {
 
 /// The "core" part of presence keys for rows set by `system-event` (not a connection).
 const SYSTEM_EVENT_PRESENCE: usize = usize::MAX;
+/// `system-event` presence rows expire after this long without an update (real gateway).
+const SYSTEM_PRESENCE_TTL_MS: i64 = 5 * 60 * 1000;
+/// At most this many `system-event` presence rows; the oldest go first (real gateway).
+const SYSTEM_PRESENCE_MAX: usize = 200;
 
 /// Core 0 publishes connection joins/leaves at most once per this interval (the latest list
 /// wins); `system-event` updates are published each time.
@@ -468,8 +472,24 @@ impl Core {
         });
         self.fanout_local(&b);
         for to in 0..self.shared.mesh.cores() {
-            if to != self.id
-                && self
+            if to == self.id {
+                continue;
+            }
+            if !droppable {
+                // A chat final, a lifecycle end, a shutdown: never lost, kept in order
+                // behind anything already waiting for that core.
+                self.send_ordered(to, MeshMsg::Broadcast(b.clone()));
+                continue;
+            }
+            // Droppable: skipped for a core that is behind (like a slow socket), never
+            // sent ahead of what waits in its backlog.
+            let behind = self
+                .mesh_backlog
+                .borrow()
+                .get(to)
+                .is_some_and(|q| !q.is_empty());
+            if behind
+                || self
                     .shared
                     .mesh
                     .send(self.id, to, MeshMsg::Broadcast(b.clone()))
@@ -532,6 +552,7 @@ impl Core {
             MeshMsg::PresenceJoin(k, v) => {
                 self.presence_master.borrow_mut().insert(k, v);
                 if k.0 == SYSTEM_EVENT_PRESENCE {
+                    self.prune_system_presence(now_ms());
                     // An explicit `system-event`: each one is broadcast (it may carry text
                     // that a coalesced publish would hide).
                     self.publish_presence();
@@ -837,6 +858,35 @@ impl Core {
         self.to_owner(MeshMsg::PresenceJoin(key, entry));
     }
 
+    /// Core 0: forget `system-event` rows older than [`SYSTEM_PRESENCE_TTL_MS`] and all
+    /// but the newest [`SYSTEM_PRESENCE_MAX`] (as the real gateway). Returns whether any
+    /// went.
+    pub fn prune_system_presence(&self, now: i64) -> bool {
+        let mut master = self.presence_master.borrow_mut();
+        let ts = |v: &Value| v.get("ts").and_then(Value::as_i64).unwrap_or(0);
+        let before = master.len();
+        master.retain(|k, v| k.0 != SYSTEM_EVENT_PRESENCE || now - ts(v) <= SYSTEM_PRESENCE_TTL_MS);
+        let mut rows: Vec<((usize, u64), i64)> = master
+            .iter()
+            .filter(|(k, _)| k.0 == SYSTEM_EVENT_PRESENCE)
+            .map(|(k, v)| (*k, ts(v)))
+            .collect();
+        if rows.len() > SYSTEM_PRESENCE_MAX {
+            rows.sort_by_key(|(_, t)| *t);
+            for (k, _) in &rows[..rows.len() - SYSTEM_PRESENCE_MAX] {
+                master.remove(k);
+            }
+        }
+        master.len() != before
+    }
+
+    /// Core 0, from the ticker: expired `system-event` rows leave the list.
+    pub fn expire_system_presence(&self) {
+        if self.prune_system_presence(now_ms()) {
+            self.presence_changed();
+        }
+    }
+
     /// A client left presence.
     pub fn presence_leave(&self, conn: u64) {
         let key = (self.id, conn);
@@ -925,6 +975,17 @@ impl Core {
         } else {
             msg
         };
+        // A stalled core needs only the newest presence snapshot, not every one.
+        if let MeshMsg::PresenceSnapshot(_) = &msg {
+            if let Some(old) = queue
+                .iter_mut()
+                .rev()
+                .find(|m| matches!(m, MeshMsg::PresenceSnapshot(_)))
+            {
+                *old = msg;
+                return;
+            }
+        }
         queue.push_back(msg);
         if let Some(w) = self.mesh_backlog_waker.borrow_mut().take() {
             w.wake();

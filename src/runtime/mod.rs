@@ -19,6 +19,22 @@ use anyhow::Context as _;
 use self::core::{Core, MeshMsg, Shared};
 use crate::store::devices::DeviceRegistry;
 
+/// Let the core run its other ready tasks once before going on (Node's `setImmediate`
+/// between units of a long request), so one request's loop cannot starve the others.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 /// Which I/O driver the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
@@ -292,6 +308,7 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
         if core.id == 0 && last_health.elapsed() >= health_every {
             last_health = std::time::Instant::now();
             core.publish_health();
+            core.expire_system_presence();
         }
         if last_maintenance.elapsed() >= Duration::from_secs(60) {
             last_maintenance = std::time::Instant::now();

@@ -147,7 +147,9 @@ enum RunStatus {
 
 struct Run {
     key: String,
-    message: String,
+    /// The user's message until the run starts (then only the transcript keeps it: up to
+    /// 2000 finished runs are remembered for `agent.wait`).
+    message: RefCell<String>,
     abort: Abort,
     status: Cell<RunStatus>,
     started_at: Cell<i64>,
@@ -506,18 +508,32 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             delete_transcript,
         } => {
             abort(core, &key, None);
-            let r = owner.shard.borrow_mut().delete(&key, delete_transcript);
-            if let Ok(true) = r {
+            let r = owner
+                .shard
+                .borrow_mut()
+                .delete(&key, delete_transcript, now_ms());
+            if let Ok(Some(_)) = r {
                 if let Err(e) = persisted(core, &key).await {
                     return OpReply::Value(Err(e));
                 }
             }
             match r {
-                Ok(deleted) => {
+                Ok(gone) => {
+                    let deleted = gone.is_some();
                     if deleted {
                         sessions_changed(core, &key, "delete");
                     }
-                    OpReply::Value(Ok(json!({"ok": true, "deleted": deleted})))
+                    let archived: Vec<String> = gone
+                        .flatten()
+                        .map(|p| p.display().to_string())
+                        .into_iter()
+                        .collect();
+                    OpReply::Value(Ok(json!({
+                        "ok": true,
+                        "key": key,
+                        "deleted": deleted,
+                        "archived": archived,
+                    })))
                 }
                 Err(e) => OpReply::Value(Err(store_err(e))),
             }
@@ -671,7 +687,7 @@ fn send_now(
     }
     let run = Rc::new(Run {
         key: key.clone(),
-        message,
+        message: RefCell::new(message),
         abort: Abort::new(),
         status: Cell::new(RunStatus::Queued),
         started_at: Cell::new(0),
@@ -948,7 +964,8 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
         let h = shard.history(&key, 40).unwrap_or_default();
         (h, shard.get(&key).and_then(|e| e.model.clone()))
     };
-    let messages = prompt_for(&history, run_id, &run.message);
+    let message = std::mem::take(&mut *run.message.borrow_mut());
+    let messages = prompt_for(&history, run_id, &message);
     let target = match agents::resolve_model(&core.shared.config, model.as_deref()) {
         Ok(t) => t,
         Err(e) => {

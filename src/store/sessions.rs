@@ -207,8 +207,6 @@ enum AfterIndex {
         what: &'static str,
         now_ms: i64,
     },
-    /// Delete a transcript.
-    Remove(PathBuf),
 }
 
 /// Group commit of staged rows (generation `n` is the n-th index write a reply waits for)
@@ -673,13 +671,6 @@ impl SessionShard {
                 what,
                 now_ms,
             } => self.retire_transcript(&path, &session_id, what, now_ms),
-            AfterIndex::Remove(path) => match fs::remove_file(&path) {
-                Ok(()) => self.note_dir_change(&path),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "could not delete transcript");
-                }
-            },
         }
     }
 
@@ -964,22 +955,39 @@ impl SessionShard {
     }
 
     /// Remove `key`'s row (persisted before returning; staged with the store thread, the
-    /// file removal waiting for it) and, with `delete_transcript`, its
-    /// current transcript file. Returns whether the session existed.
-    pub fn delete(&mut self, key: &str, delete_transcript: bool) -> io::Result<bool> {
+    /// rename waiting for it). With `archive` (the real gateway's `deleteTranscript`,
+    /// default true) its transcript is kept renamed `<sessionId>.deleted.<now_ms>.jsonl`,
+    /// as the real gateway archives it; without, it stays where it is. Returns `None` if
+    /// the session did not exist, else the archived path (if there was a transcript).
+    pub fn delete(
+        &mut self,
+        key: &str,
+        archive: bool,
+        now_ms: i64,
+    ) -> io::Result<Option<Option<PathBuf>>> {
         self.check_key(key)?;
         let Some(old) = self.entries.remove(key) else {
-            return Ok(false);
+            return Ok(None);
         };
         let path = transcript_path(&self.state_dir, &old.agent_id, &old.session_id);
-        let after = if delete_transcript {
-            vec![AfterIndex::Remove(path.clone())]
+        let archived = (archive && path.exists())
+            .then(|| path.with_file_name(format!("{}.deleted.{now_ms}.jsonl", old.session_id)));
+        let after = if archived.is_some() {
+            if let Err(e) = self.close_transcript(&path) {
+                tracing::warn!(key, error = %e, "transcript sync before delete failed");
+            }
+            vec![AfterIndex::Retire {
+                path: path.clone(),
+                session_id: old.session_id.clone(),
+                what: "deleted",
+                now_ms,
+            }]
         } else {
             Vec::new()
         };
         self.persist_change(key, Some(old), after)?;
         self.open.remove(&path);
-        Ok(true)
+        Ok(Some(archived))
     }
 
     /// Session maintenance: drop rows idle (by `updatedAtMs`) for longer than
@@ -1349,13 +1357,15 @@ mod tests {
                 n.starts_with(&format!("{old}.reset."))
             });
         assert!(retired);
-        // Delete: the row leaves the index before the transcript is removed.
+        // Delete: the row leaves the index before the transcript is archived.
         let b_path = transcript_path(&dir, "main", &s.get(b).unwrap().session_id);
         s.append(b, &msg("2", "user", "two", 1_003), 1_003).unwrap();
-        assert!(s.delete(b, true).unwrap());
+        let archived = s.delete(b, true, 1_004).unwrap().unwrap().unwrap();
         assert!(b_path.exists());
+        assert!(!archived.exists());
         assert!(commit_now(&mut s));
         assert!(!b_path.exists());
+        assert!(archived.exists());
         let on_disk: Vec<String> = read_index(&s.index_path())
             .unwrap()
             .into_iter()
@@ -1631,11 +1641,13 @@ mod tests {
             .unwrap();
         let pa = s.transcript_path("agent:dev:a").unwrap();
         let pb = s.transcript_path("agent:dev:b").unwrap();
-        assert!(s.delete("agent:dev:a", false).unwrap());
-        assert!(s.delete("agent:dev:b", true).unwrap());
-        assert!(!s.delete("agent:dev:b", true).unwrap());
-        assert!(pa.exists());
+        assert_eq!(s.delete("agent:dev:a", false, 5).unwrap(), Some(None));
+        let archived = s.delete("agent:dev:b", true, 5).unwrap().unwrap().unwrap();
+        assert_eq!(s.delete("agent:dev:b", true, 6).unwrap(), None);
+        assert!(pa.exists(), "kept in place without deleteTranscript");
         assert!(!pb.exists());
+        assert!(archived.exists(), "archived, not destroyed");
+        assert!(archived.to_string_lossy().ends_with(".deleted.5.jsonl"));
         let reloaded = SessionShard::load(&d, 0, 1).unwrap();
         assert!(reloaded.is_empty());
         drop((s, reloaded));
