@@ -1276,3 +1276,62 @@ fn sessions_preview_answers_the_first_64_keys_trimmed_and_keeps_serving_others()
     // Still serving.
     assert_eq!(c.call("health", json!({})).unwrap()["ok"], true);
 }
+
+#[test]
+fn health_and_status_count_the_sessions_of_every_core() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    // Sessions owned by both cores.
+    let keys = [
+        key_on_shard(0, None),
+        key_on_shard(1, None),
+        "agent:main:x".to_string(),
+    ];
+    for k in &keys {
+        c.call(
+            "sessions.patch",
+            json!({"key": k, "label": format!("l-{k}")}),
+        )
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let h = c.call("health", json!({})).unwrap();
+        let s = c.call("status", json!({})).unwrap();
+        let health_count = h["sessions"]["count"].as_u64().unwrap();
+        let agent_count = h["agents"][0]["sessions"]["count"].as_u64().unwrap();
+        let status_count = s["sessions"]["count"].as_u64().unwrap();
+        if health_count == 3 && agent_count == 3 && status_count == 3 {
+            let recent: Vec<&str> = h["sessions"]["recent"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["key"].as_str().unwrap())
+                .collect();
+            for k in &keys {
+                assert!(recent.contains(&k.as_str()), "{k} not in {recent:?}");
+            }
+            assert_eq!(s["sessions"]["byAgent"][0]["count"], 3);
+            assert_eq!(
+                s["sessions"]["recent"].as_array().unwrap().len(),
+                3,
+                "{}",
+                s["sessions"]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health {health_count}/{agent_count}, status {status_count}: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A delete is reflected too.
+    c.call("sessions.delete", json!({"key": "agent:main:x"}))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.call("health", json!({})).unwrap()["sessions"]["count"] != 2 {
+        assert!(Instant::now() < deadline, "delete never counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

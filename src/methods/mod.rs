@@ -469,13 +469,26 @@ pub fn with_view<R>(
     include_sensitive: bool,
     f: impl FnOnce(&system::SystemView<'_>) -> R,
 ) -> R {
-    with_view_sessions(core, include_sensitive, &[], f)
+    // Gateway-wide from every core's replicated digest (≤ 2 s old): counts per agent and
+    // each agent's newest rows.
+    let (recent, counts) = core.session_digest();
+    with_view_parts(core, include_sensitive, &recent, Some(&counts), f)
 }
 
 fn with_view_sessions<R>(
     core: &Core,
     include_sensitive: bool,
     sessions: &[system::SessionSummary],
+    f: impl FnOnce(&system::SystemView<'_>) -> R,
+) -> R {
+    with_view_parts(core, include_sensitive, sessions, None, f)
+}
+
+fn with_view_parts<R>(
+    core: &Core,
+    include_sensitive: bool,
+    sessions: &[system::SessionSummary],
+    session_counts: Option<&std::collections::BTreeMap<String, usize>>,
     f: impl FnOnce(&system::SystemView<'_>) -> R,
 ) -> R {
     let cfg = &core.shared.config;
@@ -488,6 +501,7 @@ fn with_view_sessions<R>(
         ip: "127.0.0.1",
         instance_id: &core.shared.instance_id,
         sessions,
+        session_counts,
         sessions_path: &sessions_path,
         heartbeat_seconds: 0,
         platform: std::env::consts::OS,

@@ -92,8 +92,12 @@ pub struct SystemView<'a> {
     pub platform: &'a str,
     /// The gateway's own presence `instanceId` (a UUID fixed for the process lifetime).
     pub instance_id: &'a str,
-    /// Every session of every agent (keys canonical: `agent:<agentId>:<rest>`).
+    /// Every session of every agent (keys canonical: `agent:<agentId>:<rest>`), or, with
+    /// `session_counts`, only the most recent ones of each agent.
     pub sessions: &'a [SessionSummary],
+    /// Sessions per agent id when `sessions` holds only the most recent rows (the
+    /// gateway-wide digest `health` and `status` answer from); `None`: count `sessions`.
+    pub session_counts: Option<&'a std::collections::BTreeMap<String, usize>>,
     /// The default agent's session store path (normally
     /// [`session_store_path`]`(state_dir, default_agent_id)`).
     pub sessions_path: &'a str,
@@ -334,6 +338,12 @@ fn age(s: &SessionSummary, now_ms: i64) -> Value {
     }
 }
 
+/// How many sessions `agent_id` has (`rows`: its rows in `v.sessions`).
+fn count_of(v: &SystemView, agent_id: &str, rows: usize) -> usize {
+    v.session_counts
+        .map_or(rows, |c| c.get(agent_id).copied().unwrap_or(0))
+}
+
 /// `{path, count, recent:[{key, updatedAt, age}]}` for one store.
 fn health_sessions(v: &SystemView, agent_id: &str, default_id: &str) -> Value {
     let rows = sessions_of(v, agent_id, default_id);
@@ -344,7 +354,7 @@ fn health_sessions(v: &SystemView, agent_id: &str, default_id: &str) -> Value {
         .collect();
     json!({
         "path": store_path(v, agent_id, default_id),
-        "count": rows.len(),
+        "count": count_of(v, agent_id, rows.len()),
         "recent": recent,
     })
 }
@@ -505,7 +515,7 @@ pub fn status_with_params(v: &SystemView, params: &Value) -> Value {
         by_agent.push(json!({
             "agentId": a.id,
             "path": if v.include_sensitive { path.clone() } else { "[redacted]".to_string() },
-            "count": rows.len(),
+            "count": count_of(v, a.id, rows.len()),
             "recent": recent,
         }));
         paths.push(path);
@@ -591,7 +601,7 @@ pub fn status_with_params(v: &SystemView, params: &Value) -> Value {
         "sessions".into(),
         json!({
             "paths": if v.include_sensitive { json!(paths) } else { json!([]) },
-            "count": v.sessions.len(),
+            "count": v.session_counts.map_or(v.sessions.len(), |c| c.values().sum()),
             "defaults": defaults,
             "recent": recent,
             "byAgent": by_agent,
@@ -1439,6 +1449,7 @@ mod tests {
         sessions_path: &'a str,
     ) -> SystemView<'a> {
         SystemView {
+            session_counts: None,
             now_ms: NOW,
             started_at_ms: NOW - 35_830,
             config: cfg,
@@ -1766,6 +1777,7 @@ mod tests {
             "Gateway: unknown · app 2026.9.6 · mode gateway · reason self"
         );
         let mac = SystemView {
+            session_counts: None,
             platform: "macos 15.1",
             ..v
         };

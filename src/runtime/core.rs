@@ -19,7 +19,9 @@ use super::mesh::Mesh;
 use super::reply::ReplySlot;
 use crate::auth::scopes;
 use crate::config::{AuthMode, Config};
+use crate::methods::system::SessionSummary;
 use crate::protocol::frames::{encode_event_body, encode_event_body_raw};
+use crate::state::sessions::SessionDigest;
 use crate::store::commit::{Durability, Generations};
 use crate::store::devices::{DeviceRegistry, PairedDevice, PairingRequest};
 use crate::transport::outbox::{Budget, Outbox, Push};
@@ -197,6 +199,8 @@ pub enum MeshMsg {
     PresenceSnapshot(Arc<PresenceSnap>),
     /// Core 0 published a `health` event with this `stateVersion.health` (replica update).
     HealthVersion(u64),
+    /// Core `.0`'s sessions in brief changed (replica update for `health`/`status`).
+    SessionDigest(usize, Arc<SessionDigest>),
     /// To a session's owner core: run this op and reply.
     SessionOp(
         Box<crate::state::sessions::SessionOp>,
@@ -258,6 +262,8 @@ pub struct Core {
     /// Replica of the presence list.
     pub presence: RefCell<Arc<PresenceSnap>>,
     presence_master: RefCell<BTreeMap<(usize, u64), Value>>,
+    /// Every core's [`SessionDigest`] (index = core), for `health` and `status`.
+    session_digests: RefCell<Vec<Option<Arc<SessionDigest>>>>,
     /// `stateVersion.health`.
     pub health_version: Cell<u64>,
     /// Broadcasts this core could not relay (a peer queue was full).
@@ -334,6 +340,7 @@ impl Core {
             devices_parked: RefCell::new(Vec::new()),
             presence: RefCell::new(Arc::new(PresenceSnap::default())),
             presence_master: RefCell::new(BTreeMap::new()),
+            session_digests: RefCell::new(Vec::new()),
             health_version: Cell::new(1),
             relay_drops: Cell::new(0),
             sessions,
@@ -566,6 +573,7 @@ impl Core {
                 }
             }
             MeshMsg::PresenceSnapshot(s) => *self.presence.borrow_mut() = s,
+            MeshMsg::SessionDigest(from, d) => self.store_session_digest(from, d),
             MeshMsg::HealthVersion(v) => {
                 self.health_version.set(self.health_version.get().max(v));
             }
@@ -856,6 +864,53 @@ impl Core {
     pub fn presence_event(&self, key: u64, entry: Value) {
         let key = (SYSTEM_EVENT_PRESENCE, key);
         self.to_owner(MeshMsg::PresenceJoin(key, entry));
+    }
+
+    /// Recompute this core's [`SessionDigest`]; if it changed, keep it and send it to every
+    /// other core (from the ticker).
+    pub fn refresh_session_digest(&self) {
+        let d = self.sessions.digest();
+        let same = self
+            .session_digests
+            .borrow()
+            .get(self.id)
+            .and_then(Option::as_ref)
+            .is_some_and(|old| **old == d);
+        if same {
+            return;
+        }
+        let d = Arc::new(d);
+        self.store_session_digest(self.id, d.clone());
+        for to in 0..self.shared.mesh.cores() {
+            if to != self.id {
+                self.send_ordered(to, MeshMsg::SessionDigest(self.id, d.clone()));
+            }
+        }
+    }
+
+    fn store_session_digest(&self, from: usize, d: Arc<SessionDigest>) {
+        let mut all = self.session_digests.borrow_mut();
+        if all.len() <= from {
+            all.resize(from + 1, None);
+        }
+        if let Some(slot) = all.get_mut(from) {
+            *slot = Some(d);
+        }
+        // The cached health payload counts sessions.
+        *self.health_json.borrow_mut() = None;
+    }
+
+    /// Every core's newest sessions and the gateway-wide count per agent.
+    pub fn session_digest(&self) -> (Vec<SessionSummary>, BTreeMap<String, usize>) {
+        let mut recent = Vec::new();
+        let mut counts = BTreeMap::new();
+        for d in self.session_digests.borrow().iter().flatten() {
+            recent.extend(d.recent.iter().cloned());
+            for (agent, n) in &d.counts {
+                *counts.entry(agent.clone()).or_insert(0) += n;
+            }
+        }
+        (recent, counts)
     }
 
     /// Core 0: forget `system-event` rows older than [`SYSTEM_PRESENCE_TTL_MS`] and all

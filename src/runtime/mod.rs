@@ -285,6 +285,10 @@ async fn accept_loop(
     }
 }
 
+/// How often each core recomputes its sessions digest (`health`/`status` counts lag the
+/// store by at most this, plus the ticker's own period).
+const SESSION_DIGEST_EVERY: Duration = Duration::from_secs(2);
+
 async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
     let every = Duration::from_millis(core.shared.opts.tick_interval_ms.max(10));
     // Ping checks run more often than ticks so a dead peer is found within the pong window.
@@ -298,6 +302,7 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
     let mut last_tick = std::time::Instant::now();
     let mut last_maintenance = std::time::Instant::now();
     let mut last_health = std::time::Instant::now();
+    let mut last_digest: Option<std::time::Instant> = None;
     let health_every = Duration::from_millis(core.shared.opts.health_interval_ms.max(10));
     loop {
         monoio::time::sleep(check).await;
@@ -305,6 +310,10 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
             return;
         }
         core.sessions.flush();
+        if last_digest.is_none_or(|at| at.elapsed() >= SESSION_DIGEST_EVERY) {
+            last_digest = Some(std::time::Instant::now());
+            core.refresh_session_digest();
+        }
         if core.id == 0 && last_health.elapsed() >= health_every {
             last_health = std::time::Instant::now();
             core.publish_health();

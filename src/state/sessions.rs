@@ -200,6 +200,20 @@ impl Run {
 /// What a `chat.send`/`agent` answered (a retried idempotency key gets the same).
 type SendOutcome = Result<Value, ErrorShape>;
 
+/// One core's sessions in brief, replicated to every core for `health` and `status`
+/// (which answer from the core a client is on, without a gather per call).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionDigest {
+    /// Sessions per agent id.
+    pub counts: std::collections::BTreeMap<String, usize>,
+    /// The most recently updated sessions of each agent (newest first, at most
+    /// [`DIGEST_RECENT`] per agent).
+    pub recent: Vec<SessionSummary>,
+}
+
+/// Recent rows per agent kept in a [`SessionDigest`] (≥ what `status` and `health` show).
+pub const DIGEST_RECENT: usize = 10;
+
 /// Per-core owner of sessions.
 pub struct SessionOwner {
     shard: RefCell<SessionShard>,
@@ -329,6 +343,34 @@ impl SessionOwner {
 
     fn summaries(&self) -> Vec<SessionSummary> {
         self.shard.borrow().list().map(|e| e.summary()).collect()
+    }
+
+    /// This core's [`SessionDigest`]: counts per agent and the newest rows of each.
+    pub fn digest(&self) -> SessionDigest {
+        let shard = self.shard.borrow();
+        let mut by_agent: HashMap<&str, Vec<&crate::store::sessions::SessionEntry>> =
+            HashMap::new();
+        for e in shard.list() {
+            by_agent.entry(e.agent_id.as_str()).or_default().push(e);
+        }
+        let mut d = SessionDigest::default();
+        for (agent, mut rows) in by_agent {
+            d.counts.insert(agent.to_string(), rows.len());
+            let newest_first =
+                |a: &&crate::store::sessions::SessionEntry,
+                 b: &&crate::store::sessions::SessionEntry| {
+                    b.updated_at_ms
+                        .cmp(&a.updated_at_ms)
+                        .then_with(|| a.key.cmp(&b.key))
+                };
+            if rows.len() > DIGEST_RECENT {
+                rows.select_nth_unstable_by(DIGEST_RECENT - 1, newest_first);
+                rows.truncate(DIGEST_RECENT);
+            }
+            rows.sort_by(newest_first);
+            d.recent.extend(rows.iter().map(|e| e.summary()));
+        }
+        d
     }
 }
 
