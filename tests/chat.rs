@@ -1335,3 +1335,36 @@ fn health_and_status_count_the_sessions_of_every_core() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn one_core_holds_at_most_1024_queued_runs_then_refuses_retryably() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    let keys: Vec<String> = (0..10_000)
+        .map(|i| format!("agent:main:q{i}"))
+        .filter(|k| shard_of(k, 2) == 0)
+        .take(17)
+        .collect();
+    let mut refused = None;
+    'outer: for (s, k) in keys.iter().enumerate() {
+        for i in 0..64 {
+            let r = c.call(
+                "chat.send",
+                json!({"sessionKey": k, "message": "/slow a b c d e f g h i j k l m n o p", "idempotencyKey": format!("q-{s}-{i}")}),
+            );
+            if let Err(e) = r {
+                refused = Some((s * 64 + i, e));
+                break 'outer;
+            }
+        }
+    }
+    let (at, e) = refused.expect("never refused");
+    assert_eq!(at, 1024, "refused at send {at}");
+    let ClientError::Rpc(e) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(e["code"], "UNAVAILABLE", "{e}");
+    assert_eq!(e["retryable"], true, "{e}");
+    // The other core still takes runs.
+    send(&mut c, &key_on_shard(1, None), "hi", "other-core");
+}

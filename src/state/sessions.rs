@@ -10,7 +10,8 @@
 //! runs wait in their lane, FIFO, never dropped: a run behind its session's current one, or
 //! held by the gateway-wide cap, is announced to every client (`agent` lifecycle `queued`),
 //! `agent.wait` on it reports `timeout` until it ends, and a lane holds at most
-//! [`MAX_RUNS_PER_LANE`] (more sends are refused before anything is written). Unfinished
+//! [`MAX_RUNS_PER_LANE`] and a core's lanes [`MAX_RUNS_PER_CORE`] (more sends are refused
+//! before anything is written). Unfinished
 //! runs are never evicted from the run table.
 //!
 //! Durability without stalling the core: the shard only stages index rows that a reply
@@ -50,6 +51,8 @@ pub const DELTA_THROTTLE: Duration = Duration::from_millis(150);
 const SLOT_WAIT_ANNOUNCE: Duration = Duration::from_millis(50);
 /// Most runs one session's lane may hold (running + queued).
 pub const MAX_RUNS_PER_LANE: usize = 64;
+/// Most runs all the lanes of one core may hold together (running + queued).
+pub const MAX_RUNS_PER_CORE: usize = 1024;
 
 /// A request for the owner core of a session.
 #[derive(Debug)]
@@ -684,6 +687,15 @@ fn send_now(
         return Err(ErrorShape::new(
             UNAVAILABLE,
             format!("session {key} already has {queued} runs queued; retry when one ends"),
+        )
+        .retry_after(1000));
+    }
+    // And this core's lanes together (each queued run holds its message until it starts).
+    let on_core: usize = owner.lanes.borrow().values().map(VecDeque::len).sum();
+    if on_core >= MAX_RUNS_PER_CORE {
+        return Err(ErrorShape::new(
+            UNAVAILABLE,
+            format!("{on_core} runs are queued on this gateway core; retry when some end"),
         )
         .retry_after(1000));
     }
