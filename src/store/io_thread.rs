@@ -11,20 +11,26 @@
 //! and a later blocking write of the same file can therefore never land out of order (an
 //! older index can never replace a newer one).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::atomic::{sync_dir, write_atomic};
 use crate::runtime::reply::ReplySlot;
 
-/// Batches that may wait in the queue; a full queue makes the submitter wait (backpressure
-/// from a disk that cannot keep up).
+/// Batches that may wait in the queue. Past it, batches wait in the submitting core's
+/// overflow (in order, re-offered on every send and [`StoreIo::pump`]) so the core keeps
+/// serving; past [`MAX_OVERFLOW`] more the submitter waits (backpressure from a disk that
+/// cannot keep up, bounding the memory and file handles held).
 const QUEUE_SLOTS: usize = 16;
+/// Batches that may wait in a core's overflow before submitting blocks.
+const MAX_OVERFLOW: usize = 256;
 
 /// One durable-write step.
 #[derive(Debug)]
@@ -75,6 +81,8 @@ enum Reply {
 #[derive(Debug)]
 pub struct StoreIo {
     tx: Option<SyncSender<Batch>>,
+    /// Batches the full queue could not take yet, oldest first (this core only).
+    overflow: RefCell<VecDeque<Batch>>,
     failures: Receiver<Failure>,
     /// Flush batches queued or running.
     pending: Arc<AtomicUsize>,
@@ -106,6 +114,7 @@ impl StoreIo {
             .spawn(move || run(&rx, &fail_tx, &count, delay))?;
         Ok(Self {
             tx: Some(tx),
+            overflow: RefCell::new(VecDeque::new()),
             failures,
             pending,
             thread: Some(thread),
@@ -184,17 +193,80 @@ impl StoreIo {
         }
     }
 
+    /// Queue `batch` behind everything submitted before it. Never blocks the core unless
+    /// the caller waits for the outcome anyway ([`Self::run_blocking`]) or the overflow is
+    /// full.
     fn send(&self, batch: Batch) -> io::Result<()> {
-        self.tx
-            .as_ref()
-            .ok_or_else(|| io::Error::other("session store I/O thread stopped"))?
-            .send(batch)
-            .map_err(|_| io::Error::other("session store I/O thread stopped"))
+        let stopped = || io::Error::other("session store I/O thread stopped");
+        let tx = self.tx.as_ref().ok_or_else(stopped)?;
+        let mut overflow = self.overflow.borrow_mut();
+        let block = matches!(batch.reply, Reply::Blocking(_)) || overflow.len() >= MAX_OVERFLOW;
+        // Older batches first: submission order is the contract.
+        while let Some(b) = overflow.pop_front() {
+            if block {
+                tx.send(b).map_err(|_| stopped())?;
+                continue;
+            }
+            match tx.try_send(b) {
+                Ok(()) => {}
+                Err(TrySendError::Full(b)) => {
+                    overflow.push_front(b);
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(stopped()),
+            }
+        }
+        if block {
+            return tx.send(batch).map_err(|_| stopped());
+        }
+        if !overflow.is_empty() {
+            overflow.push_back(batch);
+            return Ok(());
+        }
+        match tx.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(b)) => {
+                overflow.push_back(b);
+                Ok(())
+            }
+            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+        }
+    }
+
+    /// Offer the overflow to the thread again (the owner's ticker calls this).
+    pub fn pump(&self) {
+        let tx = self.tx.as_ref();
+        let mut overflow = self.overflow.borrow_mut();
+        while let (Some(tx), Some(b)) = (tx, overflow.pop_front()) {
+            match tx.try_send(b) {
+                Ok(()) => {}
+                Err(TrySendError::Full(b)) => {
+                    overflow.push_front(b);
+                    return;
+                }
+                // The thread is gone: the batches can never run (their slots report
+                // nothing; the owner sees the error on its next send).
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    /// Batches waiting in this core's overflow.
+    pub fn overflowed(&self) -> usize {
+        self.overflow.borrow().len()
     }
 }
 
 impl Drop for StoreIo {
     fn drop(&mut self) {
+        // What waits in the overflow goes first (blocking: shutdown may wait for the disk).
+        if let Some(tx) = &self.tx {
+            for b in self.overflow.get_mut().drain(..) {
+                if tx.send(b).is_err() {
+                    break;
+                }
+            }
+        }
         // Closing the queue ends the thread after it has finished what was queued.
         self.tx = None;
         if let Some(t) = self.thread.take() {
@@ -394,6 +466,69 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"1");
         // A slot's failure is the awaiting caller's to handle, not a background retry.
         assert!(io.take_failures().is_empty());
+        drop(io);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_queue_overflows_in_order_instead_of_blocking_the_core() {
+        let dir = tmp("overflow");
+        let io = StoreIo::start_with_delay("test-io".into(), std::time::Duration::from_millis(20))
+            .unwrap();
+        let path = dir.join("order.json");
+        for i in 0..(QUEUE_SLOTS + 20) {
+            io.submit(vec![Job::WriteAtomic {
+                path: path.clone(),
+                bytes: i.to_string().into_bytes(),
+                mode: 0o600,
+            }])
+            .unwrap();
+        }
+        // The submitter did not wait for the disk: the surplus sits in the overflow.
+        assert!(io.overflowed() > 0);
+        // An async write queued now lands after all of them.
+        let last = io
+            .run_async(vec![Job::WriteAtomic {
+                path: path.clone(),
+                bytes: b"last".to_vec(),
+                mode: 0o600,
+            }])
+            .unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // The owner's ticker pumps the overflow.
+            let pump = async {
+                loop {
+                    io.pump();
+                    monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            };
+            monoio::select! {
+                r = last.wait() => assert!(r.is_ok()),
+                () = pump => {}
+            }
+        });
+        assert_eq!(io.overflowed(), 0);
+        assert_eq!(std::fs::read(&path).unwrap(), b"last");
+        // A blocking write drains any overflow first, then runs.
+        for i in 0..(QUEUE_SLOTS + 5) {
+            io.submit(vec![Job::WriteAtomic {
+                path: path.clone(),
+                bytes: i.to_string().into_bytes(),
+                mode: 0o600,
+            }])
+            .unwrap();
+        }
+        io.run_blocking(vec![Job::WriteAtomic {
+            path: path.clone(),
+            bytes: b"final".to_vec(),
+            mode: 0o600,
+        }])
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"final");
         drop(io);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -1078,6 +1078,9 @@ impl SessionShard {
     pub fn flush(&mut self) -> io::Result<()> {
         if self.io.is_some() {
             self.absorb_io_failures();
+            if let Some(io) = &self.io {
+                io.pump();
+            }
             if self.io.as_ref().is_some_and(StoreIo::is_busy) {
                 return Ok(());
             }
