@@ -29,10 +29,11 @@ fn slow_consumer_is_skipped_then_closed_while_others_get_everything() {
     };
     let mut slow = clawgate::client::Client::connect(&g.url(), &so).unwrap().0;
     let mut admin = g.connect(&["operator.admin"]);
-    let big = "x".repeat(32 * 1024);
+    // Rows are clipped to 1 KiB of text: 40 of them make each presence event ~40 KiB.
+    let big = "x".repeat(1000);
     let events = 400;
     // The fast client reads on its own thread; `slow` does not read at all while the
-    // publisher sends ~10 MB of presence events.
+    // publisher sends ~16 MB of presence events.
     // The publisher never runs more than a few events ahead of the fast reader, so only a
     // client that really stops reading can fall behind (no timing luck involved).
     let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -68,7 +69,7 @@ fn slow_consumer_is_skipped_then_closed_while_others_get_everything() {
         admin
             .call(
                 "system-event",
-                json!({"text": format!("{i} {big}"), "instanceId": "publisher"}),
+                json!({"text": format!("{i} {big}"), "instanceId": format!("publisher-{}", i % 40)}),
             )
             .unwrap();
     }
@@ -104,7 +105,7 @@ fn slow_consumer_is_skipped_then_closed_while_others_get_everything() {
         "no seq gap visible to the slow client ({last_seen} -> {next})"
     );
 
-    // Past the budget with non-droppable frames (its own ~32 KB responses) the socket is closed.
+    // Past the budget with non-droppable frames (its own ~40 KB responses) the socket is closed.
     admin
         .call(
             "system-event",
