@@ -260,3 +260,87 @@ fn repeated_wrong_secrets_from_a_remote_client_are_rate_limited() {
         .call("health", json!({}))
         .unwrap();
 }
+
+#[test]
+fn a_same_host_proxy_is_remote_by_host_or_any_forwarding_header() {
+    // A loopback peer is only local with a loopback Host and no forwarding header of any
+    // kind: nginx keeping the public Host, stunnel, `ssh -R`, a proxy adding only
+    // X-Forwarded-Proto must not get silent pairing or the CLI's scopes.
+    let g = Gateway::start("uring");
+    for headers in [
+        vec![("Host", "gw.example.com")],
+        vec![("X-Forwarded-Proto", "https")],
+        vec![("X-Forwarded-Host", "gw.example.com")],
+    ] {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let o = ConnectOptions {
+            token: Some(g.token.clone()),
+            device: Some(DeviceIdentity::random()),
+            headers: headers.clone(),
+            ..ConnectOptions::default()
+        };
+        let Err(ClientError::Rpc(e)) = Client::connect(&g.url(), &o) else {
+            panic!("{headers:?}: a proxied device was paired silently")
+        };
+        assert_eq!(e["details"]["code"], "PAIRING_REQUIRED", "{headers:?}: {e}");
+        let o = ConnectOptions {
+            token: Some(g.token.clone()),
+            scopes: vec!["operator.admin".into()],
+            headers: headers.clone(),
+            ..ConnectOptions::default()
+        };
+        let (_, hello) = Client::connect(&g.url(), &o).unwrap();
+        assert_eq!(hello["auth"]["scopes"], json!([]), "{headers:?}");
+    }
+    // The direct local CLI keeps its scopes (Host 127.0.0.1:port, and `localhost`).
+    for host in [None, Some("localhost")] {
+        let o = ConnectOptions {
+            token: Some(g.token.clone()),
+            scopes: vec!["operator.admin".into()],
+            headers: host
+                .map(|h| vec![("Host".to_string(), h.to_string())])
+                .unwrap_or_default(),
+            ..ConnectOptions::default()
+        };
+        let (_, hello) = Client::connect(&g.url(), &o).unwrap();
+        assert_eq!(
+            hello["auth"]["scopes"],
+            json!(["operator.admin"]),
+            "{host:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unreadable_stored_token_or_an_empty_flag_secret_is_a_startup_error() {
+    let home = temp_dir("cfg-token");
+    // `gateway-token` exists but cannot be read as a file: never silently replaced.
+    std::fs::create_dir_all(home.join(".openclaw/gateway-token")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawgate"))
+        .args(["gateway", "run", "--port", "0"])
+        .env("HOME", &home)
+        .env_remove("OPENCLAW_GATEWAY_TOKEN")
+        .env_remove("OPENCLAW_GATEWAY_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway-token"), "{err}");
+    // `--token ""` (an unset shell variable) is not an empty secret.
+    for flag in ["--token", "--password"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawgate"))
+            .args(["gateway", "run", "--port", "0", "--bind", "lan", flag, ""])
+            .env("HOME", &home)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is empty"),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -735,3 +735,39 @@ fn after_a_failed_pairing_save_every_core_hands_out_only_the_token_on_disk() {
         );
     }
 }
+
+#[test]
+fn a_device_token_is_no_bearer_credential_without_its_device() {
+    let g = Gateway::start("uring");
+    let id = DeviceIdentity::random();
+    let signed = ConnectOptions {
+        token: Some(g.token.clone()),
+        device: Some(id),
+        ..ConnectOptions::default()
+    };
+    let (c, hello) = Client::connect(&g.url(), &signed).unwrap();
+    let dt = hello["auth"]["deviceToken"].as_str().unwrap().to_string();
+    c.close();
+    // The token alone (no signed device block), as `auth.deviceToken` or `auth.token`.
+    for o in [
+        ConnectOptions {
+            device_token: Some(dt.clone()),
+            ..ConnectOptions::default()
+        },
+        ConnectOptions {
+            token: Some(dt.clone()),
+            ..ConnectOptions::default()
+        },
+    ] {
+        match Client::connect(&g.url(), &o) {
+            Err(ClientError::Rpc(e)) => assert!(
+                e["details"]["code"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("AUTH_")),
+                "{e}"
+            ),
+            Err(other) => panic!("expected an auth error, got {other:?}"),
+            Ok(_) => panic!("a device token without its device was accepted"),
+        }
+    }
+}

@@ -224,31 +224,61 @@ fn token_file(state_dir: &Path) -> PathBuf {
 }
 
 fn read_stored_token(state_dir: &Path) -> Option<String> {
-    std::fs::read_to_string(token_file(state_dir))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    stored_token(state_dir).ok().flatten()
+}
+
+/// The generated token under the state dir: `Ok(None)` only when there is none (a file
+/// that exists but cannot be read must not be silently replaced by a new token).
+fn stored_token(state_dir: &Path) -> Result<Option<String>, String> {
+    let path = token_file(state_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "cannot read the stored token at {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// A secret given on the command line: an empty one (an unset shell variable) is an error,
+/// never an empty secret every client matches.
+fn flag_secret(v: &Option<String>, flag: &str) -> Result<Option<String>, String> {
+    match v.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("") => Err(format!("{flag} is empty")),
+        Some(t) => Ok(Some(t.to_string())),
+    }
 }
 
 /// Resolve auth: returns settings, or an error message for exit 78.
 fn resolve_auth(a: &RunArgs, cfg: &Config) -> Result<(AuthSettings, bool), String> {
+    let flag_token = flag_secret(&a.token, "--token")?;
+    let flag_password = flag_secret(&a.password, "--password")?;
+    let env_password = env("OPENCLAW_GATEWAY_PASSWORD");
     let mode = match a.auth {
         Some(AuthArg::Token) => AuthMode::Token,
         Some(AuthArg::Password) => AuthMode::Password,
         Some(AuthArg::None) => AuthMode::None,
-        None => cfg.gateway.auth.mode.unwrap_or(if a.password.is_some() {
-            AuthMode::Password
-        } else {
-            AuthMode::Token
-        }),
+        // No mode: a password from any source (and no token on the command line) means
+        // password mode; otherwise token mode.
+        None => cfg.gateway.auth.mode.unwrap_or(
+            if flag_token.is_none()
+                && (flag_password.is_some()
+                    || env_password.is_some()
+                    || cfg.gateway.auth.password.is_some())
+            {
+                AuthMode::Password
+            } else {
+                AuthMode::Token
+            },
+        ),
     };
     match mode {
         AuthMode::None => Ok((AuthSettings { mode, secret: None }, false)),
         AuthMode::Password => {
-            let p = a
-                .password
-                .clone()
-                .or_else(|| env("OPENCLAW_GATEWAY_PASSWORD"))
+            let p = flag_password
+                .or(env_password)
                 .or_else(|| cfg.gateway.auth.password.clone());
             match p {
                 Some(p) => Ok((AuthSettings { mode, secret: Some(p) }, false)),
@@ -256,12 +286,13 @@ fn resolve_auth(a: &RunArgs, cfg: &Config) -> Result<(AuthSettings, bool), Strin
             }
         }
         AuthMode::Token => {
-            let t = a
-                .token
-                .clone()
+            let t = match flag_token
                 .or_else(|| env("OPENCLAW_GATEWAY_TOKEN"))
                 .or_else(|| cfg.gateway.auth.token.clone())
-                .or_else(|| read_stored_token(&cfg.paths.state_dir));
+            {
+                Some(t) => Some(t),
+                None => stored_token(&cfg.paths.state_dir)?,
+            };
             match t {
                 Some(t) => Ok((
                     AuthSettings {
@@ -328,12 +359,21 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
         BindMode::Loopback => IpAddr::V4(Ipv4Addr::LOCALHOST),
         BindMode::Lan => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         BindMode::Custom => {
-            let h = a
-                .host
-                .clone()
-                .or_else(|| cfg.gateway.custom_bind_host.clone())
-                .ok_or_else(|| anyhow!("--bind custom needs --host"))?;
-            h.parse().with_context(|| format!("invalid --host {h:?}"))?
+            let (h, from) = match (&a.host, &cfg.gateway.custom_bind_host) {
+                (Some(h), _) => (h.clone(), "--host"),
+                (None, Some(h)) => (h.clone(), "gateway.customBindHost"),
+                (None, None) => {
+                    eprintln!("clawgate: bind mode custom needs --host or gateway.customBindHost");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            match h.parse() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    eprintln!("clawgate: {from} {h:?} is not an IP address");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            }
         }
     };
     let (auth, generated) = match resolve_auth(&a, &cfg) {
@@ -436,7 +476,13 @@ fn hostname() -> String {
 }
 
 fn client_defaults(c: &ClientArgs) -> anyhow::Result<(String, Option<String>)> {
-    let cfg = load_config().ok();
+    let cfg = match load_config() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("clawgate: warning: configuration error: {e:#}");
+            None
+        }
+    };
     let url = match &c.url {
         Some(u) => u.clone(),
         None => {
@@ -447,16 +493,35 @@ fn client_defaults(c: &ClientArgs) -> anyhow::Result<(String, Option<String>)> {
             format!("ws://127.0.0.1:{port}")
         }
     };
+    // The config's and the stored token are this machine's gateway's: never sent to
+    // another host named with --url (only --token or OPENCLAW_GATEWAY_TOKEN are).
+    let this_machine = c.url.as_deref().is_none_or(url_is_loopback);
+    let state_dir = cfg
+        .as_ref()
+        .map(|c| c.paths.state_dir.clone())
+        .unwrap_or_else(|| Paths::resolve(&env).state_dir);
     let token = c
         .token
         .clone()
         .or_else(|| env("OPENCLAW_GATEWAY_TOKEN"))
-        .or_else(|| cfg.as_ref().and_then(|c| c.gateway.auth.token.clone()))
         .or_else(|| {
-            cfg.as_ref()
-                .and_then(|c| read_stored_token(&c.paths.state_dir))
+            this_machine
+                .then(|| cfg.as_ref().and_then(|c| c.gateway.auth.token.clone()))
+                .flatten()
+        })
+        .or_else(|| {
+            this_machine
+                .then(|| read_stored_token(&state_dir))
+                .flatten()
         });
     Ok((url, token))
+}
+
+/// Whether a `ws://host:port/…` URL names this machine's loopback.
+fn url_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    crate::transport::http::is_loopback_host(authority)
 }
 
 fn connect_for(c: &ClientArgs, scopes: Vec<String>) -> anyhow::Result<Client> {
@@ -543,5 +608,40 @@ fn auth_token() -> anyhow::Result<ExitCode> {
             cfg.paths.state_dir.display()
         );
         Ok(ExitCode::from(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_urls_get_this_machines_stored_credentials() {
+        for u in [
+            "ws://127.0.0.1:18789",
+            "ws://localhost:1/",
+            "wss://[::1]:443/ws",
+            "ws://127.0.0.2",
+        ] {
+            assert!(url_is_loopback(u), "{u}");
+        }
+        for u in [
+            "ws://10.0.0.5:18789",
+            "wss://gw.example-tailnet.ts.net",
+            "ws://localhost.evil.com",
+            "ws://127.0.0.1.nip.io:1",
+        ] {
+            assert!(!url_is_loopback(u), "{u}");
+        }
+    }
+
+    #[test]
+    fn empty_flag_secrets_are_errors() {
+        assert_eq!(flag_secret(&None, "--token"), Ok(None));
+        assert_eq!(
+            flag_secret(&Some(" t ".into()), "--token"),
+            Ok(Some("t".into()))
+        );
+        assert!(flag_secret(&Some("  ".into()), "--token").is_err());
     }
 }

@@ -199,8 +199,20 @@ pub fn load(paths: Paths, env: &dyn Fn(&str) -> Option<String>) -> Result<Config
 /// `maxTokens`-style counters and `passwordFile`. Under a secret key, strings and numbers are replaced (recursively inside
 /// objects and arrays; for a SecretRef `{source, provider, id}` only `id`); booleans and `null`
 /// are kept. A string that is exactly a `${VAR}` reference is kept: it names, not holds, a secret.
+///
+/// Every value under `env` (inline variables and `env.vars`, except the `shellEnv`
+/// switches) is redacted whatever its name: variables are where credentials whose names
+/// match no pattern (`OPENAI_KEY`, `DATABASE_URL`) live.
 pub fn redact_secrets(v: &serde_json::Value) -> serde_json::Value {
-    redact_value(v, false)
+    let mut out = redact_value(v, false);
+    if let Some(Value::Object(env)) = out.get_mut("env") {
+        for (k, item) in env.iter_mut() {
+            if k != "shellEnv" {
+                *item = redact_value(item, true);
+            }
+        }
+    }
+    out
 }
 
 /// The raw JSON5 text with every secret value replaced by the sentinel, as `config.get`'s
@@ -258,7 +270,13 @@ pub fn config_hash_keyed(key: &[u8], raw: &str) -> String {
 
 fn parse_json5(raw: &str) -> Result<Value, String> {
     let text = raw.strip_prefix('\u{feff}').unwrap_or(raw);
-    json5::from_str::<Value>(text).map_err(|e| e.to_string())
+    // Only where, never the offending line: it may hold a secret (`token: "s3cr3t` …).
+    json5::from_str::<Value>(text).map_err(|e| match e {
+        json5::Error::Message {
+            location: Some(at), ..
+        } => format!("syntax error at line {}, column {}", at.line, at.column),
+        json5::Error::Message { location: None, .. } => "syntax error".to_string(),
+    })
 }
 
 fn invalid(file: &str, at: &str, message: impl Into<String>) -> ConfigError {
@@ -1425,6 +1443,30 @@ mod tests {
     }
 
     #[test]
+    fn every_env_variable_is_redacted_whatever_its_name() {
+        let v: Value = serde_json::from_str(
+            r#"{"env": {"OPENAI_KEY": "sk-1", "vars": {"DATABASE_URL": "postgres://u:pw@h/db"}, "shellEnv": {"enabled": true}}, "gateway": {"port": 1}}"#,
+        )
+        .unwrap();
+        let r = redact_secrets(&v);
+        assert_eq!(r["env"]["OPENAI_KEY"], REDACTED_SENTINEL);
+        assert_eq!(r["env"]["vars"]["DATABASE_URL"], REDACTED_SENTINEL);
+        assert_eq!(r["env"]["shellEnv"]["enabled"], true);
+        assert_eq!(r["gateway"]["port"], 1);
+        let raw = redact_raw(
+            r#"{ env: { OPENAI_KEY: "sk-1", vars: { DATABASE_URL: "postgres://u:pw@h/db" } } }"#,
+        );
+        assert!(!raw.contains("sk-1") && !raw.contains("pw@h"), "{raw}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_place_not_the_line() {
+        let e = parse_json5("{ gateway: { auth: { token: \"s3cr3t } } }").unwrap_err();
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
     fn redaction_replaces_secret_keys() {
         let v = json!({
             "gateway": { "auth": { "mode": "token", "token": "t", "password": 1234, "allowTailscale": true },
@@ -1451,7 +1493,7 @@ mod tests {
                                          "webhookSecret": s, "clientSecret": s, "privateKey": s,
                                          "accessTOKEN": s, "dbPassword": s, "openaiApiKey": s,
                                          "passwordFile": "/run/pw", "tokens": 3, "name": "n" } },
-                "env": { "GROQ_API_KEY": s, "PATH_X": "/bin" },
+                "env": { "GROQ_API_KEY": s, "PATH_X": s },
                 "hooks": { "token": "${HOOK_TOKEN}", "secret": s },
             })
         );

@@ -222,24 +222,9 @@ pub async fn handle(
         } else {
             Vec::new()
         };
-    } else if let Some((d, r, granted, at)) = token_match.filter(|(_, r, _, _)| *r == role) {
-        if let Some(missing) = requested.iter().find(|x| !scopes::satisfied(&granted, x)) {
-            let err = auth_error(
-                &format!("unauthorized: device token lacks scope {missing}"),
-                "AUTH_SCOPE_MISMATCH",
-                "review_auth_configuration",
-                json!({}),
-            );
-            return s.fail(id, err, 1008);
-        }
-        let _ = r;
-        issued = device_token.map(|t| (t.to_string(), at));
-        via = Via::DeviceToken {
-            device_id: d.clone(),
-            scopes: granted,
-        };
-        device_id = Some(d);
-        effective_scopes = requested.clone();
+    // A device token is only ever checked against the device that signed this connect
+    // (§4.1: device-less sockets need the shared secret); on its own it is no bearer
+    // credential.
     } else {
         if !s.local {
             s.core.auth_failed(s.peer.ip());

@@ -178,14 +178,17 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             // Not written here: the 101 head is queued in front of `connect.challenge` so both
             // leave in one write (one loopback send fewer per handshake).
             let upgrade = http::switching_protocols(&key);
-            // `direct_local` (§4.1): loopback peer, no forwarding (a trusted proxy such as
-            // `tailscale serve` makes it remote), and no browser origin other than loopback.
+            // `direct_local` (§4.1): loopback peer, loopback Host (a same-host proxy that
+            // keeps the public Host, stunnel, `ssh -R` … is remote), no forwarding headers (a
+            // trusted proxy such as `tailscale serve` makes it remote), and no browser origin
+            // other than loopback.
             let loopback_origin = head.origin.as_deref().is_none_or(|o| {
-                let host = o.split("://").nth(1).unwrap_or(o);
-                let host = host.split(['/', ':']).next().unwrap_or("");
-                matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+                let rest = o.split_once("://").map_or(o, |(_, r)| r);
+                http::is_loopback_host(rest.split('/').next().unwrap_or(""))
             });
-            let local = peer.ip().is_loopback() && !head.forwarded && loopback_origin;
+            let loopback_host = head.host.as_deref().is_some_and(http::is_loopback_host);
+            let local =
+                peer.ip().is_loopback() && !head.proxied && loopback_origin && loopback_host;
             // The head's strings must not live as long as the WebSocket does.
             drop(head);
             // A task of its own: the HTTP phase's state is freed instead of riding along for

@@ -27,8 +27,12 @@ pub struct Head {
     pub content_length: usize,
     /// `Transfer-Encoding: chunked` (refused: no route takes bodies).
     pub chunked: bool,
-    /// Carries X-Forwarded-For / Forwarded / X-Real-IP.
+    /// Carries X-Forwarded-For / Forwarded / X-Real-IP (a claimed client address: only
+    /// trusted proxies may send them).
     pub forwarded: bool,
+    /// Carries any forwarding header (also X-Forwarded-Host / X-Forwarded-Proto): a proxy
+    /// is in the way, so the request is not direct-local whatever the peer.
+    pub proxied: bool,
     /// The `X-Forwarded-For` value (repeated headers joined with `,`).
     pub forwarded_for: Option<String>,
     /// Valid WebSocket upgrade: the `Sec-WebSocket-Key`.
@@ -64,6 +68,29 @@ fn ws_key_ok(key: &str) -> bool {
         && b[..22]
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+/// Whether `authority` (`host[:port]`, `[v6][:port]`) names this machine's loopback:
+/// `localhost` (or `*.localhost`), 127.0.0.0/8 or `::1` (also IPv4-mapped).
+pub fn is_loopback_host(authority: &str) -> bool {
+    let authority = authority.trim();
+    if let Ok(ip) = authority.parse::<std::net::IpAddr>() {
+        return ip.to_canonical().is_loopback();
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    let host = host.trim_end_matches('.');
+    if host.eq_ignore_ascii_case("localhost")
+        || host
+            .get(host.len().saturating_sub(10)..)
+            .is_some_and(|t| t.eq_ignore_ascii_case(".localhost"))
+    {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 fn has_token(value: &[u8], token: &str) -> bool {
@@ -103,6 +130,7 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
         content_length: 0,
         chunked: false,
         forwarded: false,
+        proxied: false,
         forwarded_for: None,
         ws_key: None,
         bad_upgrade: None,
@@ -133,11 +161,16 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             head.chunked = true;
+        } else if name.eq_ignore_ascii_case("x-forwarded-host")
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+        {
+            head.proxied = true;
         } else if name.eq_ignore_ascii_case("x-forwarded-for")
             || name.eq_ignore_ascii_case("forwarded")
             || name.eq_ignore_ascii_case("x-real-ip")
         {
             head.forwarded = true;
+            head.proxied = true;
             if name.eq_ignore_ascii_case("x-forwarded-for") {
                 let v = String::from_utf8_lossy(h.value);
                 head.forwarded_for = Some(match head.forwarded_for.take() {
@@ -234,6 +267,36 @@ pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1:18789",
+            "127.1.2.3",
+            "localhost",
+            "LOCALHOST:80",
+            "app.localhost:3000",
+            "[::1]:18789",
+            "[::1]",
+            "::1",
+            "[::ffff:127.0.0.1]:1",
+            "localhost.",
+        ] {
+            assert!(super::is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "",
+            "gw.example.ts.net",
+            "10.0.0.2:18789",
+            "[::2]:1",
+            "localhost.evil.com",
+            "evil-localhost",
+            "0.0.0.0",
+        ] {
+            assert!(!super::is_loopback_host(h), "{h}");
+        }
+    }
+
     use super::*;
 
     #[test]
