@@ -1350,7 +1350,8 @@ fn one_core_holds_at_most_1024_queued_runs_then_refuses_retryably() {
         for i in 0..64 {
             let r = c.call(
                 "chat.send",
-                json!({"sessionKey": k, "message": "/slow a b c d e f g h i j k l m n o p", "idempotencyKey": format!("q-{s}-{i}")}),
+                // 200 ms per word: no run can end while the loop fills the lanes.
+                json!({"sessionKey": k, "message": format!("/slow {}", "w ".repeat(300)), "idempotencyKey": format!("q-{s}-{i}")}),
             );
             if let Err(e) = r {
                 refused = Some((s * 64 + i, e));
@@ -1367,4 +1368,36 @@ fn one_core_holds_at_most_1024_queued_runs_then_refuses_retryably() {
     assert_eq!(e["retryable"], true, "{e}");
     // The other core still takes runs.
     send(&mut c, &key_on_shard(1, None), "hi", "other-core");
+}
+
+#[test]
+fn deleting_a_session_while_its_run_streams_does_not_bring_it_back() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    send(
+        &mut c,
+        "doomed",
+        "/slow one two three four five six",
+        "doomed-1",
+    );
+    // Wait for the run to be streaming.
+    loop {
+        let v = c.next_json().unwrap();
+        if v["event"] == "chat" && v["payload"]["state"] == "delta" {
+            break;
+        }
+    }
+    let r = c.call("sessions.delete", json!({"key": "doomed"})).unwrap();
+    assert_eq!(r["deleted"], true);
+    let ev = chat_until_done(&mut c, "doomed-1", Duration::from_secs(10));
+    assert_eq!(ev.last().unwrap()["state"], "aborted");
+    let list = c.call("sessions.list", json!({})).unwrap();
+    assert!(
+        !list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["key"] == "agent:main:doomed"),
+        "the aborted reply revived the deleted session: {list}"
+    );
 }

@@ -469,8 +469,16 @@ pub fn with_view<R>(
     include_sensitive: bool,
     f: impl FnOnce(&system::SystemView<'_>) -> R,
 ) -> R {
-    // Gateway-wide from every core's replicated digest (≤ 2 s old): counts per agent and
-    // each agent's newest rows.
+    with_view_sessions(core, include_sensitive, &[], f)
+}
+
+/// [`with_view`] with the gateway-wide sessions from every core's replicated digest
+/// (≤ 2 s old: counts per agent and each agent's newest rows), for `health` and `status`.
+pub fn with_digest_view<R>(
+    core: &Core,
+    include_sensitive: bool,
+    f: impl FnOnce(&system::SystemView<'_>) -> R,
+) -> R {
     let (recent, counts) = core.session_digest();
     with_view_parts(core, include_sensitive, &recent, Some(&counts), f)
 }
@@ -526,7 +534,13 @@ mod system_methods {
     use super::*;
 
     pub(super) fn status(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
-        Ok(s.with_view(|v| system::status_with_params(v, p)))
+        let admin = s
+            .authority
+            .as_ref()
+            .is_some_and(|a| scopes::satisfied(&a.scopes, scopes::ADMIN));
+        Ok(with_digest_view(&s.core, admin, |v| {
+            system::status_with_params(v, p)
+        }))
     }
     pub(super) fn last_heartbeat(_s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(Value::Null)

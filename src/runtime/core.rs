@@ -367,7 +367,8 @@ impl Core {
                 return bytes.clone();
             }
         }
-        let v = crate::methods::with_view(self, false, crate::methods::system::health_snapshot);
+        let v =
+            crate::methods::with_digest_view(self, false, crate::methods::system::health_snapshot);
         let bytes = Rc::new(serde_json::to_vec(&v).unwrap_or_default());
         *self.health_json.borrow_mut() = Some((now, bytes.clone()));
         bytes
@@ -703,6 +704,7 @@ impl Core {
                 let core = self.clone();
                 monoio::spawn(async move {
                     let r = slot.wait().await.map_err(|e| save_error(&e));
+                    core.sessions.pump_store();
                     core.devices_save_finished(gen, &records, r);
                     core.kick_device_save();
                 });

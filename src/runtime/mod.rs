@@ -303,6 +303,7 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
     let mut last_maintenance = std::time::Instant::now();
     let mut last_health = std::time::Instant::now();
     let mut last_digest: Option<std::time::Instant> = None;
+    let mut last_presence_expiry = std::time::Instant::now();
     let health_every = Duration::from_millis(core.shared.opts.health_interval_ms.max(10));
     loop {
         monoio::time::sleep(check).await;
@@ -317,6 +318,9 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
         if core.id == 0 && last_health.elapsed() >= health_every {
             last_health = std::time::Instant::now();
             core.publish_health();
+        }
+        if core.id == 0 && last_presence_expiry.elapsed() >= Duration::from_secs(10) {
+            last_presence_expiry = std::time::Instant::now();
             core.expire_system_presence();
         }
         if last_maintenance.elapsed() >= Duration::from_secs(60) {

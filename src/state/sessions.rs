@@ -53,6 +53,9 @@ const SLOT_WAIT_ANNOUNCE: Duration = Duration::from_millis(50);
 pub const MAX_RUNS_PER_LANE: usize = 64;
 /// Most runs all the lanes of one core may hold together (running + queued).
 pub const MAX_RUNS_PER_CORE: usize = 1024;
+/// Most bytes of user messages that runs not yet started may hold on one core (one larger
+/// message is still taken when nothing else waits).
+pub const MAX_QUEUED_BYTES: usize = 128 << 20;
 
 /// A request for the owner core of a session.
 #[derive(Debug)]
@@ -229,6 +232,8 @@ pub struct SessionOwner {
     index_waiters: RefCell<Vec<std::task::Waker>>,
     /// Idempotency keys whose first send is still waiting for its session row.
     unacked: RefCell<std::collections::HashSet<String>>,
+    /// Bytes of user messages held by runs that have not started (see [`MAX_QUEUED_BYTES`]).
+    queued_bytes: Cell<usize>,
     policy: crate::state::policy::SessionPolicy,
     workers: usize,
 }
@@ -249,6 +254,7 @@ impl SessionOwner {
             dedupe_order: RefCell::new(VecDeque::new()),
             index_waiters: RefCell::new(Vec::new()),
             unacked: RefCell::new(std::collections::HashSet::new()),
+            queued_bytes: Cell::new(0),
             policy,
             workers: workers.max(1),
         }
@@ -287,6 +293,15 @@ impl SessionOwner {
         match self.shard.borrow().io() {
             Some(io) => io.run_async(jobs).map(Some),
             None => crate::store::io_thread::run_inline(jobs).map(|()| None),
+        }
+    }
+
+    /// Offer batches waiting in the store thread's overflow again (a write just finished,
+    /// so the queue has room: a parked index write or registry save must not wait for the
+    /// next flush tick).
+    pub fn pump_store(&self) {
+        if let Some(io) = self.shard.borrow().io() {
+            io.pump();
         }
     }
 
@@ -396,6 +411,7 @@ pub fn kick_index(core: &Rc<Core>) {
             let core = core.clone();
             monoio::spawn(async move {
                 let outcome = slot.wait().await;
+                core.sessions.pump_store();
                 core.sessions
                     .shard
                     .borrow_mut()
@@ -690,9 +706,11 @@ fn send_now(
         )
         .retry_after(1000));
     }
-    // And this core's lanes together (each queued run holds its message until it starts).
+    // And this core's lanes together (each queued run holds its message until it starts),
+    // by count and by bytes.
     let on_core: usize = owner.lanes.borrow().values().map(VecDeque::len).sum();
-    if on_core >= MAX_RUNS_PER_CORE {
+    let bytes = owner.queued_bytes.get();
+    if on_core >= MAX_RUNS_PER_CORE || (bytes > 0 && bytes + message.len() > MAX_QUEUED_BYTES) {
         return Err(ErrorShape::new(
             UNAVAILABLE,
             format!("{on_core} runs are queued on this gateway core; retry when some end"),
@@ -739,6 +757,9 @@ fn send_now(
     if created {
         sessions_changed(core, &key, "created");
     }
+    owner
+        .queued_bytes
+        .set(owner.queued_bytes.get() + message.len());
     let run = Rc::new(Run {
         key: key.clone(),
         message: RefCell::new(message),
@@ -876,7 +897,17 @@ fn announce_queued(core: &Core, run_id: &str, run: &Run, data: Value) {
 }
 
 /// A run aborted before it got to run: its one `aborted` event.
+/// Take a run's message (once), releasing its bytes from the core's queued budget.
+fn take_message(owner: &SessionOwner, run: &Run) -> String {
+    let m = std::mem::take(&mut *run.message.borrow_mut());
+    owner
+        .queued_bytes
+        .set(owner.queued_bytes.get().saturating_sub(m.len()));
+    m
+}
+
 fn report_aborted_before_start(core: &Core, run_id: &str, run: &Run) {
+    drop(take_message(&core.sessions, run));
     run.started_at.set(now_ms());
     emit_chat(
         core,
@@ -961,6 +992,17 @@ struct DeltaThrottle {
 }
 
 impl DeltaThrottle {
+    /// How long until a held-back tail of a `len`-byte reply may go out (a full window
+    /// when nothing is held back).
+    fn wait(&self, len: usize, at: std::time::Instant) -> Duration {
+        match self.last.get() {
+            Some(last) if len > self.sent.get() => (last + DELTA_THROTTLE)
+                .saturating_duration_since(at)
+                .max(Duration::from_millis(1)),
+            _ => DELTA_THROTTLE,
+        }
+    }
+
     /// The unsent range of a `len`-byte reply if a `delta` may go out at `at` (always when
     /// `force`), marking it sent.
     fn take(
@@ -1013,12 +1055,17 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
         json!({"phase": "start"}),
     );
 
-    let (history, model) = {
+    let (history, model, session_id) = {
         let shard = core.sessions.shard.borrow();
         let h = shard.history(&key, 40).unwrap_or_default();
-        (h, shard.get(&key).and_then(|e| e.model.clone()))
+        let e = shard.get(&key);
+        (
+            h,
+            e.and_then(|e| e.model.clone()),
+            e.map(|e| e.session_id.clone()),
+        )
     };
-    let message = std::mem::take(&mut *run.message.borrow_mut());
+    let message = take_message(&core.sessions, run);
     let messages = prompt_for(&history, run_id, &message);
     let target = match agents::resolve_model(&core.shared.config, model.as_deref()) {
         Ok(t) => t,
@@ -1100,7 +1147,8 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
         // provider goes quiet (the real gateway only flushes it before `final`).
         let trailing = async {
             loop {
-                monoio::time::sleep(DELTA_THROTTLE).await;
+                let wait = deltas.wait(text.borrow().len(), std::time::Instant::now());
+                monoio::time::sleep(wait).await;
                 flush(false);
             }
         };
@@ -1133,7 +1181,13 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
             error: err,
             usage,
         };
-        if let Err(e) = core.sessions.shard.borrow_mut().append(&key, &msg, now) {
+        let mut shard = core.sessions.shard.borrow_mut();
+        // Deleted or reset while the run streamed: the reply belongs to a transcript that
+        // is gone; appending would bring the session back under a new id.
+        if shard.get(&key).map(|e| &e.session_id) != session_id.as_ref() {
+            return;
+        }
+        if let Err(e) = shard.append(&key, &msg, now) {
             tracing::error!(message = "Transcript append failed.", error = %e);
         }
     };

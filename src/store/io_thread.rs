@@ -26,8 +26,8 @@ use crate::runtime::reply::ReplySlot;
 
 /// Batches that may wait in the queue. Past it, batches wait in the submitting core's
 /// overflow (in order, re-offered on every send and [`StoreIo::pump`]) so the core keeps
-/// serving; past [`MAX_OVERFLOW`] more the submitter waits (backpressure from a disk that
-/// cannot keep up, bounding the memory and file handles held).
+/// serving; past [`MAX_OVERFLOW`] more the submitter waits for one queue slot (backpressure
+/// from a disk that cannot keep up, bounding the memory and file handles held).
 const QUEUE_SLOTS: usize = 16;
 /// Batches that may wait in a core's overflow before submitting blocks.
 const MAX_OVERFLOW: usize = 256;
@@ -200,13 +200,15 @@ impl StoreIo {
         let stopped = || io::Error::other("session store I/O thread stopped");
         let tx = self.tx.as_ref().ok_or_else(stopped)?;
         let mut overflow = self.overflow.borrow_mut();
-        let block = matches!(batch.reply, Reply::Blocking(_)) || overflow.len() >= MAX_OVERFLOW;
+        if matches!(batch.reply, Reply::Blocking(_)) {
+            // The caller waits for the disk anyway: everything older first, then this.
+            for b in overflow.drain(..) {
+                tx.send(b).map_err(|_| stopped())?;
+            }
+            return tx.send(batch).map_err(|_| stopped());
+        }
         // Older batches first: submission order is the contract.
         while let Some(b) = overflow.pop_front() {
-            if block {
-                tx.send(b).map_err(|_| stopped())?;
-                continue;
-            }
             match tx.try_send(b) {
                 Ok(()) => {}
                 Err(TrySendError::Full(b)) => {
@@ -216,21 +218,23 @@ impl StoreIo {
                 Err(TrySendError::Disconnected(_)) => return Err(stopped()),
             }
         }
-        if block {
-            return tx.send(batch).map_err(|_| stopped());
-        }
-        if !overflow.is_empty() {
-            overflow.push_back(batch);
-            return Ok(());
-        }
-        match tx.try_send(batch) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(b)) => {
-                overflow.push_back(b);
-                Ok(())
+        if overflow.is_empty() {
+            match tx.try_send(batch) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(b)) => overflow.push_back(b),
+                Err(TrySendError::Disconnected(_)) => return Err(stopped()),
             }
-            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+        } else {
+            overflow.push_back(batch);
         }
+        // Past the cap, wait for the disk to take the oldest batch (one slot), not for the
+        // whole overflow to drain: the core stalls for one batch's time at most.
+        if overflow.len() > MAX_OVERFLOW {
+            if let Some(b) = overflow.pop_front() {
+                tx.send(b).map_err(|_| stopped())?;
+            }
+        }
+        Ok(())
     }
 
     /// Offer the overflow to the thread again (the owner's ticker calls this).
@@ -529,6 +533,40 @@ mod tests {
         }])
         .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"final");
+        drop(io);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn past_the_overflow_cap_a_submit_waits_for_one_slot_not_the_whole_backlog() {
+        let dir = tmp("overflow-cap");
+        let io = StoreIo::start_with_delay("test-io".into(), std::time::Duration::from_millis(1))
+            .unwrap();
+        let path = dir.join("cap.json");
+        for i in 0..(QUEUE_SLOTS + MAX_OVERFLOW + 40) {
+            io.submit(vec![Job::WriteAtomic {
+                path: path.clone(),
+                bytes: i.to_string().into_bytes(),
+                mode: 0o600,
+            }])
+            .unwrap();
+            assert!(
+                io.overflowed() <= MAX_OVERFLOW,
+                "overflow grew past its cap"
+            );
+        }
+        // Past the cap the overflow stays full: only one slot was waited for each time.
+        assert!(
+            io.overflowed() >= MAX_OVERFLOW - QUEUE_SLOTS,
+            "{}",
+            io.overflowed()
+        );
+        io.run_blocking(Vec::new()).unwrap();
+        assert_eq!(io.overflowed(), 0);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            (QUEUE_SLOTS + MAX_OVERFLOW + 39).to_string().into_bytes()
+        );
         drop(io);
         std::fs::remove_dir_all(dir).unwrap();
     }
