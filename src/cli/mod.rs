@@ -433,6 +433,9 @@ fn run_gateway(a: RunArgs) -> anyhow::Result<ExitCode> {
         opts.budget.drop_threshold = b.min(opts.budget.max_buffered);
     }
     let (listeners, addr) = runtime::bind_listeners(SocketAddr::new(ip, port), workers)?;
+    for bad in crate::transport::proxy::TrustedProxies::invalid(&cfg.gateway.trusted_proxies) {
+        tracing::warn!(message = "Ignoring gateway.trustedProxies entry: not an address or CIDR.", entry = %bad);
+    }
     let trusted_proxies =
         crate::transport::proxy::TrustedProxies::parse(&cfg.gateway.trusted_proxies);
     let shared = Arc::new(Shared {

@@ -26,13 +26,19 @@ impl Paths {
     /// Resolve paths from an environment lookup (a closure so tests never mutate the process env).
     pub fn resolve(env: &dyn Fn(&str) -> Option<String>) -> Self {
         let home = env("HOME").unwrap_or_else(|| ".".to_string());
+        // `~/x` (a systemd `Environment=` line is not expanded by a shell).
+        let expand = |s: String| match s.strip_prefix("~/") {
+            Some(rest) => PathBuf::from(&home).join(rest),
+            None if s == "~" => PathBuf::from(&home),
+            None => PathBuf::from(s),
+        };
         let state_dir = env("OPENCLAW_STATE_DIR")
             .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(home).join(".openclaw"));
+            .map(expand)
+            .unwrap_or_else(|| PathBuf::from(&home).join(".openclaw"));
         let config_path = env("OPENCLAW_CONFIG_PATH")
             .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
+            .map(expand)
             .unwrap_or_else(|| state_dir.join("openclaw.json"));
         Self {
             state_dir,
@@ -159,5 +165,31 @@ impl Config {
             .or_else(|| self.agents.first())
             .map(|a| a.id.as_str())
             .unwrap_or("main")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_config_paths_expand_a_leading_tilde() {
+        let env = |k: &str| match k {
+            "HOME" => Some("/home/u".to_string()),
+            "OPENCLAW_STATE_DIR" => Some("~/state".to_string()),
+            "OPENCLAW_CONFIG_PATH" => Some("~/cfg/openclaw.json".to_string()),
+            _ => None,
+        };
+        let p = Paths::resolve(&env);
+        assert_eq!(p.state_dir, PathBuf::from("/home/u/state"));
+        assert_eq!(p.config_path, PathBuf::from("/home/u/cfg/openclaw.json"));
+        let plain = |k: &str| match k {
+            "HOME" => Some("/home/u".to_string()),
+            "OPENCLAW_STATE_DIR" => Some("/srv/~x".to_string()),
+            _ => None,
+        };
+        let p = Paths::resolve(&plain);
+        assert_eq!(p.state_dir, PathBuf::from("/srv/~x"));
+        assert_eq!(p.config_path, PathBuf::from("/srv/~x/openclaw.json"));
     }
 }

@@ -208,16 +208,7 @@ impl StoreIo {
             return tx.send(batch).map_err(|_| stopped());
         }
         // Older batches first: submission order is the contract.
-        while let Some(b) = overflow.pop_front() {
-            match tx.try_send(b) {
-                Ok(()) => {}
-                Err(TrySendError::Full(b)) => {
-                    overflow.push_front(b);
-                    break;
-                }
-                Err(TrySendError::Disconnected(_)) => return Err(stopped()),
-            }
-        }
+        offer(tx, &mut overflow).map_err(|()| stopped())?;
         if overflow.is_empty() {
             match tx.try_send(batch) {
                 Ok(()) => return Ok(()),
@@ -239,19 +230,9 @@ impl StoreIo {
 
     /// Offer the overflow to the thread again (the owner's ticker calls this).
     pub fn pump(&self) {
-        let tx = self.tx.as_ref();
-        let mut overflow = self.overflow.borrow_mut();
-        while let (Some(tx), Some(b)) = (tx, overflow.pop_front()) {
-            match tx.try_send(b) {
-                Ok(()) => {}
-                Err(TrySendError::Full(b)) => {
-                    overflow.push_front(b);
-                    return;
-                }
-                // The thread is gone: the batches can never run (their slots report
-                // nothing; the owner sees the error on its next send).
-                Err(TrySendError::Disconnected(_)) => return,
-            }
+        if let Some(tx) = &self.tx {
+            // A stopped thread: the owner sees the error on its next send.
+            let _ = offer(tx, &mut self.overflow.borrow_mut());
         }
     }
 
@@ -277,6 +258,22 @@ impl Drop for StoreIo {
             let _ = t.join();
         }
     }
+}
+
+/// Hand the overflow's batches to the thread, oldest first, until its queue is full.
+/// `Err` when the thread is gone.
+fn offer(tx: &SyncSender<Batch>, overflow: &mut VecDeque<Batch>) -> Result<(), ()> {
+    while let Some(b) = overflow.pop_front() {
+        match tx.try_send(b) {
+            Ok(()) => {}
+            Err(TrySendError::Full(b)) => {
+                overflow.push_front(b);
+                return Ok(());
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(()),
+        }
+    }
+    Ok(())
 }
 
 fn run(

@@ -29,6 +29,15 @@ impl TrustedProxies {
         )
     }
 
+    /// The entries that are neither an address nor a CIDR (ignored by [`Self::parse`]).
+    pub fn invalid(entries: &[String]) -> Vec<&str> {
+        entries
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| Net::parse(e).is_none())
+            .collect()
+    }
+
     /// True when `peer` is one of the trusted proxies.
     pub fn contains(&self, peer: IpAddr) -> bool {
         let (bits, v4) = bits_of(peer);
@@ -107,6 +116,18 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_entries_are_named() {
+        let entries: Vec<String> = ["10.0.0.0/8", " 127.0.0.1 ", "nginx", "10.0.0.1/99"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            TrustedProxies::invalid(&entries),
+            vec!["nginx", "10.0.0.1/99"]
+        );
+    }
 
     fn list(v: &[&str]) -> TrustedProxies {
         TrustedProxies::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
