@@ -995,6 +995,11 @@ fn wrongly_typed_or_oversized_chat_params_are_refused_not_widened() {
             "agent",
             json!({"sessionKey": 42, "message": "x", "idempotencyKey": "w2"}),
         ),
+        // Closed schemas: an unknown property is refused, not ignored.
+        ("chat.abort", json!({"sessionKey": "main", "runld": "w1"})),
+        ("chat.history", json!({"sessionKey": "main", "bogus": 1})),
+        ("sessions.reset", json!({"key": "main", "bogus": 1})),
+        ("agent.wait", json!({"runId": "w1", "timeout": 5})),
         (
             "chat.send",
             json!({"sessionKey": "main", "message": "x", "idempotencyKey": "k".repeat(513)}),

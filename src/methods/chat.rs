@@ -210,6 +210,29 @@ async fn run(
     } else {
         obj(name, params)?
     };
+    // Closed params where the spec lists every field (the others are open-ended there).
+    let allowed: Option<&[&str]> = match m {
+        ChatMethod::Abort => Some(&["sessionKey", "agentId", "runId", "preserveSideRuns"]),
+        ChatMethod::History => Some(&[
+            "sessionKey",
+            "agentId",
+            "limit",
+            "offset",
+            "cursor",
+            "maxBytes",
+            "maxChars",
+        ]),
+        ChatMethod::AgentWait => Some(&["runId", "timeoutMs"]),
+        ChatMethod::SessionsPreview => Some(&["keys", "limit", "maxChars"]),
+        ChatMethod::SessionsReset => Some(&["key", "agentId", "reason", "expectedSessionId"]),
+        _ => None,
+    };
+    if let Some(k) = allowed.and_then(|a| o.keys().find(|k| !a.contains(&k.as_str()))) {
+        return Err(ErrorShape::invalid_params(
+            name,
+            format!("at root: unexpected property '{k}'"),
+        ));
+    }
     match m {
         ChatMethod::Send | ChatMethod::Agent => {
             let message = match o.get("message") {
