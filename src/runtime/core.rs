@@ -264,6 +264,8 @@ pub struct Core {
     presence_master: RefCell<BTreeMap<(usize, u64), Value>>,
     /// Every core's [`SessionDigest`] (index = core), for `health` and `status`.
     session_digests: RefCell<Vec<Option<Arc<SessionDigest>>>>,
+    /// The shard's change counter when this core's digest was last computed.
+    digest_changes: Cell<Option<u64>>,
     /// `stateVersion.health`.
     pub health_version: Cell<u64>,
     /// Broadcasts this core could not relay (a peer queue was full).
@@ -341,6 +343,7 @@ impl Core {
             presence: RefCell::new(Arc::new(PresenceSnap::default())),
             presence_master: RefCell::new(BTreeMap::new()),
             session_digests: RefCell::new(Vec::new()),
+            digest_changes: Cell::new(None),
             health_version: Cell::new(1),
             relay_drops: Cell::new(0),
             sessions,
@@ -871,6 +874,12 @@ impl Core {
     /// Recompute this core's [`SessionDigest`]; if it changed, keep it and send it to every
     /// other core (from the ticker).
     pub fn refresh_session_digest(&self) {
+        // Nothing changed since the last digest: no scan.
+        let changes = self.sessions.changes();
+        if self.digest_changes.get() == Some(changes) {
+            return;
+        }
+        self.digest_changes.set(Some(changes));
         let d = self.sessions.digest();
         let same = self
             .session_digests

@@ -363,6 +363,11 @@ impl SessionOwner {
         self.shard.borrow().list().map(|e| e.summary()).collect()
     }
 
+    /// Moves whenever a row of this core's shard changes.
+    pub fn changes(&self) -> u64 {
+        self.shard.borrow().changes()
+    }
+
     /// This core's [`SessionDigest`]: counts per agent and the newest rows of each.
     pub fn digest(&self) -> SessionDigest {
         let shard = self.shard.borrow();

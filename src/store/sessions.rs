@@ -179,6 +179,9 @@ pub struct SessionShard {
     io: Option<StoreIo>,
     /// Staged row changes and the index writes that carry them (with the store thread).
     commits: Commits,
+    /// Bumped by every change to a row (readers such as the sessions digest skip work
+    /// when it has not moved).
+    changes: u64,
 }
 
 pub use super::commit::Durability;
@@ -400,6 +403,7 @@ impl SessionShard {
             entries: BTreeMap::new(),
             carried: Vec::new(),
             index_dirty: false,
+            changes: 0,
             last_index_write_ms: 0,
             last_now_ms: 0,
             open: HashMap::new(),
@@ -490,6 +494,11 @@ impl SessionShard {
     /// Every session of this shard, ordered by key.
     pub fn list(&self) -> impl Iterator<Item = &SessionEntry> {
         self.entries.values()
+    }
+
+    /// A counter that moves whenever any row changes.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Number of sessions in this shard.
@@ -629,6 +638,7 @@ impl SessionShard {
     /// restored), or staged for the owner's next index write (see the module docs).
     fn commit(&mut self, next: SessionEntry, after: Vec<AfterIndex>) -> io::Result<()> {
         let key = next.key.clone();
+        self.changes += 1;
         let prev = self.entries.insert(key.clone(), next);
         self.persist_change(&key, prev, after)
     }
@@ -818,6 +828,7 @@ impl SessionShard {
         f: impl FnOnce(&mut SessionEntry),
     ) -> io::Result<&SessionEntry> {
         self.ensure(key, now_ms)?;
+        self.changes += 1;
         if let Some(e) = self.entries.get_mut(key) {
             let mut next = e.clone();
             f(&mut next);
@@ -899,6 +910,7 @@ impl SessionShard {
             }
             open.unsynced = false;
         }
+        self.changes += 1;
         if let Some(e) = self.entries.get_mut(key) {
             e.absorb(msg, now_ms);
             e.transcript_bytes = len;
@@ -966,6 +978,7 @@ impl SessionShard {
         now_ms: i64,
     ) -> io::Result<Option<Option<PathBuf>>> {
         self.check_key(key)?;
+        self.changes += 1;
         let Some(old) = self.entries.remove(key) else {
             return Ok(None);
         };
@@ -1031,7 +1044,10 @@ impl SessionShard {
         }
         let removed: Vec<SessionEntry> = victims
             .iter()
-            .filter_map(|k| self.entries.remove(k))
+            .filter_map(|k| {
+                self.changes += 1;
+                self.entries.remove(k)
+            })
             .collect();
         if self.io.is_some() {
             for r in &removed {
@@ -1051,6 +1067,7 @@ impl SessionShard {
         }
         if let Err(e) = self.write_index() {
             for r in removed {
+                self.changes += 1;
                 self.entries.insert(r.key.clone(), r);
             }
             return Err(e);
