@@ -353,6 +353,24 @@ fn openai_streams_realistic_sse_and_sends_the_right_request() {
         body["messages"],
         json!([{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}])
     );
+    assert_eq!(body["stream_options"], json!({"include_usage": true}));
+}
+
+#[test]
+fn a_model_marked_without_streaming_usage_gets_no_stream_options() {
+    // OpenClaw's `compat.supportsUsageInStreaming: false`, for servers that reject the field.
+    let (base, rx) = serve(sse_chunked(&openai_events()));
+    let t = target(
+        &format!(
+            r#"{{ strict: {{ baseUrl: "{base}/v1", models: [{{ id: "m", compat: {{ supportsUsageInStreaming: false }} }}] }} }}"#
+        ),
+        "strict/m",
+    );
+    let (text, _) = text_and_end(&collect(&t, &user("Hi"), Duration::from_secs(5)));
+    assert_eq!(text, OPENAI_TEXT);
+    let body = rx.recv_timeout(Duration::from_secs(1)).unwrap().json();
+    assert!(body.get("stream_options").is_none(), "{body}");
+    assert_eq!(body["stream"], true);
 }
 
 #[test]

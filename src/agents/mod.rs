@@ -200,6 +200,10 @@ pub struct Remote {
     pub headers: Vec<(String, String)>,
     /// Anthropic `max_tokens` (from the model entry's `maxTokens`, default 4096).
     pub max_tokens: u64,
+    /// OpenAI-compatible: ask for usage in the stream (`stream_options`); the model entry's
+    /// `compat.supportsUsageInStreaming` (default true, as OpenClaw) turns it off for
+    /// servers that reject the field.
+    pub usage_in_streaming: bool,
 }
 
 impl fmt::Debug for Remote {
@@ -421,7 +425,14 @@ pub fn resolve_model(
         .and_then(Value::as_u64)
         .filter(|&n| n > 0)
         .unwrap_or(anthropic::DEFAULT_MAX_TOKENS);
+    let usage_in_streaming = entry
+        .and_then(|m| m.get("compat"))
+        .or_else(|| pobj.get("compat"))
+        .and_then(|c| c.get("supportsUsageInStreaming"))
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     let remote = Remote {
+        usage_in_streaming,
         provider: name.clone(),
         model: model.to_string(),
         base_url,

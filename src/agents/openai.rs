@@ -42,12 +42,15 @@ impl OpenAiProvider {
             .iter()
             .map(|m| json!({"role": m.role, "content": m.text}))
             .collect();
-        json!({
+        let mut body = json!({
             "model": self.remote.model,
             "messages": msgs,
             "stream": true,
-            "stream_options": {"include_usage": true},
-        })
+        });
+        if self.remote.usage_in_streaming {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        body
     }
 
     /// Request headers (auth, content type, configured extras).
