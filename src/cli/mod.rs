@@ -522,9 +522,8 @@ fn client_defaults(c: &ClientArgs) -> anyhow::Result<(String, Option<String>)> {
 
 /// Whether a `ws://host:port/…` URL names this machine's loopback.
 fn url_is_loopback(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    crate::transport::http::is_loopback_host(authority)
+    use crate::transport::http::{authority_of, is_loopback_host};
+    is_loopback_host(authority_of(url))
 }
 
 fn connect_for(c: &ClientArgs, scopes: Vec<String>) -> anyhow::Result<Client> {

@@ -14,7 +14,7 @@ use crate::protocol::error::{ErrorShape, INVALID_REQUEST, UNAVAILABLE};
 use crate::protocol::frames::{encode_err, encode_ok};
 use crate::runtime::core::Core;
 use crate::state::sessions::{OpReply, SessionOp};
-use crate::store::sessions::{canonical_key, shard_of};
+use crate::store::sessions::{canonical_key, rest_of, shard_of, MAIN};
 use crate::transport::ws::codec::OpCode;
 
 /// The asynchronous (session-routed) methods.
@@ -69,20 +69,29 @@ fn req_str<'a>(
     }
 }
 
+/// Optional `field` of `o`: absent or `null` → `None`; present, read by `get`, or an
+/// INVALID_REQUEST saying it must be `want`.
+fn opt<'a, T>(
+    method: &str,
+    o: &'a serde_json::Map<String, Value>,
+    field: &str,
+    want: &str,
+    get: impl FnOnce(&'a Value) -> Option<T>,
+) -> Result<Option<T>, ErrorShape> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => get(v).map(Some).ok_or_else(|| {
+            ErrorShape::invalid_params(method, format!("at /{field}: must be {want}"))
+        }),
+    }
+}
+
 fn opt_u64(
     method: &str,
     o: &serde_json::Map<String, Value>,
     field: &str,
 ) -> Result<Option<u64>, ErrorShape> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            ErrorShape::invalid_params(
-                method,
-                format!("at /{field}: must be a non-negative integer"),
-            )
-        }),
-    }
+    opt(method, o, field, "a non-negative integer", Value::as_u64)
 }
 
 fn opt_bool(
@@ -90,14 +99,7 @@ fn opt_bool(
     o: &serde_json::Map<String, Value>,
     field: &str,
 ) -> Result<Option<bool>, ErrorShape> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ErrorShape::invalid_params(
-            method,
-            format!("at /{field}: must be boolean"),
-        )),
-    }
+    opt(method, o, field, "boolean", Value::as_bool)
 }
 
 fn opt_str<'a>(
@@ -105,14 +107,7 @@ fn opt_str<'a>(
     o: &'a serde_json::Map<String, Value>,
     field: &str,
 ) -> Result<Option<&'a str>, ErrorShape> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ErrorShape::invalid_params(
-            method,
-            format!("at /{field}: must be string"),
-        )),
-    }
+    opt(method, o, field, "string", Value::as_str)
 }
 
 fn key_of(s: &Session, method: &str, raw: &str) -> Result<String, ErrorShape> {
@@ -436,7 +431,7 @@ async fn run(
         }
         ChatMethod::SessionsPreview => {
             let keys = match o.get("keys") {
-                Some(Value::Array(a)) if !a.is_empty() => a.clone(),
+                Some(Value::Array(a)) if !a.is_empty() => a,
                 _ => {
                     return Err(ErrorShape::invalid_params(
                         name,
@@ -451,7 +446,7 @@ async fn run(
             // As the real gateway: trimmed, empty keys skipped, the first 64 only, and the
             // core serves others between keys (each is a transcript read on its owner).
             let mut wanted = Vec::new();
-            for k in &keys {
+            for k in keys {
                 let Some(requested) = k.as_str() else {
                     return Err(ErrorShape::invalid_params(
                         name,
@@ -509,12 +504,7 @@ async fn run(
         ChatMethod::SessionsDelete => {
             let key = key_of(s, name, req_str(name, o, "key")?)?;
             // An agent's main session (`agent:<id>:main`) cannot be deleted (reset it).
-            if key
-                .strip_prefix("agent:")
-                .and_then(|r| r.split_once(':'))
-                .map(|(_, rest)| rest)
-                == Some("main")
-            {
+            if rest_of(&key) == MAIN {
                 return Err(ErrorShape::new(
                     INVALID_REQUEST,
                     format!("Cannot delete the main session ({key})."),

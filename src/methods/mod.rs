@@ -438,11 +438,14 @@ impl Session {
         sessions: &[system::SessionSummary],
         f: impl FnOnce(&system::SystemView<'_>) -> R,
     ) -> R {
-        let admin = self
-            .authority
+        with_view_sessions(&self.core, self.sees_sensitive(), sessions, f)
+    }
+
+    /// The caller holds `operator.admin` (views then reveal paths and recent rows).
+    fn sees_sensitive(&self) -> bool {
+        self.authority
             .as_ref()
-            .is_some_and(|a| scopes::satisfied(&a.scopes, scopes::ADMIN));
-        with_view_sessions(&self.core, admin, sessions, f)
+            .is_some_and(|a| scopes::satisfied(&a.scopes, scopes::ADMIN))
     }
 
     /// The socket is gone.
@@ -455,11 +458,7 @@ impl Session {
 
     /// A view of gateway state for the payload builders.
     pub fn with_view<R>(&self, f: impl FnOnce(&system::SystemView<'_>) -> R) -> R {
-        let admin = self
-            .authority
-            .as_ref()
-            .is_some_and(|a| scopes::satisfied(&a.scopes, scopes::ADMIN));
-        with_view(&self.core, admin, f)
+        with_view(&self.core, self.sees_sensitive(), f)
     }
 }
 
@@ -534,11 +533,7 @@ mod system_methods {
     use super::*;
 
     pub(super) fn status(s: &Session, p: &Value) -> Result<Value, ErrorShape> {
-        let admin = s
-            .authority
-            .as_ref()
-            .is_some_and(|a| scopes::satisfied(&a.scopes, scopes::ADMIN));
-        Ok(with_digest_view(&s.core, admin, |v| {
+        Ok(with_digest_view(&s.core, s.sees_sensitive(), |v| {
             system::status_with_params(v, p)
         }))
     }
@@ -648,14 +643,8 @@ mod system_methods {
             .iter()
             .find_map(|k| named(k))
             .unwrap_or_else(|| system::clip(text, 64).to_string());
-        let key = fnv1a(key_src.as_bytes());
+        let key = crate::store::sessions::fnv1a64(key_src.as_bytes());
         s.core.presence_event(key, Value::Object(entry));
         Ok(json!({"ok": true}))
-    }
-
-    fn fnv1a(b: &[u8]) -> u64 {
-        b.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, x| {
-            (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3)
-        })
     }
 }

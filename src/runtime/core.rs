@@ -730,11 +730,7 @@ impl Core {
         self.devices_commits.borrow_mut().finish(gen, r.clone());
         if r.is_ok() {
             for rec in records {
-                for to in 0..self.shared.mesh.cores() {
-                    if to != self.id {
-                        self.send_ordered(to, MeshMsg::DeviceUpsert(rec.clone()));
-                    }
-                }
+                self.send_ordered_to_others(|| MeshMsg::DeviceUpsert(rec.clone()));
             }
         }
         let due: Vec<_> = {
@@ -892,11 +888,7 @@ impl Core {
         }
         let d = Arc::new(d);
         self.store_session_digest(self.id, d.clone());
-        for to in 0..self.shared.mesh.cores() {
-            if to != self.id {
-                self.send_ordered(to, MeshMsg::SessionDigest(self.id, d.clone()));
-            }
-        }
+        self.send_ordered_to_others(|| MeshMsg::SessionDigest(self.id, d.clone()));
     }
 
     fn store_session_digest(&self, from: usize, d: Arc<SessionDigest>) {
@@ -984,11 +976,7 @@ impl Core {
     pub fn publish_health(&self) {
         let version = self.health_version.get() + 1;
         self.health_version.set(version);
-        for to in 0..self.shared.mesh.cores() {
-            if to != self.id {
-                self.send_ordered(to, MeshMsg::HealthVersion(version));
-            }
-        }
+        self.send_ordered_to_others(|| MeshMsg::HealthVersion(version));
         *self.health_json.borrow_mut() = None;
         let payload = self.health_payload();
         let presence = self.presence.borrow().version;
@@ -1025,6 +1013,13 @@ impl Core {
 
     /// Send a control message that must arrive, in order per destination: behind anything
     /// already waiting for that core, and into the backlog when its queue is full.
+    /// [`Self::send_ordered`] one message (made by `msg`) to every other core.
+    fn send_ordered_to_others(&self, msg: impl Fn() -> MeshMsg) {
+        for to in (0..self.shared.mesh.cores()).filter(|to| *to != self.id) {
+            self.send_ordered(to, msg());
+        }
+    }
+
     fn send_ordered(&self, to: usize, msg: MeshMsg) {
         let mut backlog = self.mesh_backlog.borrow_mut();
         if backlog.len() <= to {
@@ -1125,11 +1120,7 @@ impl Core {
         let version = self.presence.borrow().version + 1;
         let snap = Arc::new(self.build_presence(version));
         *self.presence.borrow_mut() = snap.clone();
-        for to in 0..self.shared.mesh.cores() {
-            if to != self.id {
-                self.send_ordered(to, MeshMsg::PresenceSnapshot(snap.clone()));
-            }
-        }
+        self.send_ordered_to_others(|| MeshMsg::PresenceSnapshot(snap.clone()));
         // The payload `{"presence":[…]}` reuses the snapshot's serialized list.
         let mut payload = Vec::with_capacity(snap.json.len() + 16);
         payload.extend_from_slice(br#"{"presence":"#);

@@ -202,10 +202,8 @@ impl StoreIo {
         let mut overflow = self.overflow.borrow_mut();
         if matches!(batch.reply, Reply::Blocking(_)) {
             // The caller waits for the disk anyway: everything older first, then this.
-            for b in overflow.drain(..) {
-                tx.send(b).map_err(|_| stopped())?;
-            }
-            return tx.send(batch).map_err(|_| stopped());
+            overflow.push_back(batch);
+            return hand_over_all(tx, &mut overflow).map_err(|()| stopped());
         }
         // Older batches first: submission order is the contract.
         offer(tx, &mut overflow).map_err(|()| stopped())?;
@@ -246,11 +244,7 @@ impl Drop for StoreIo {
     fn drop(&mut self) {
         // What waits in the overflow goes first (blocking: shutdown may wait for the disk).
         if let Some(tx) = &self.tx {
-            for b in self.overflow.get_mut().drain(..) {
-                if tx.send(b).is_err() {
-                    break;
-                }
-            }
+            let _ = hand_over_all(tx, self.overflow.get_mut());
         }
         // Closing the queue ends the thread after it has finished what was queued.
         self.tx = None;
@@ -258,6 +252,15 @@ impl Drop for StoreIo {
             let _ = t.join();
         }
     }
+}
+
+/// Hand every overflow batch to the thread, oldest first, waiting for queue room.
+/// `Err` when the thread is gone.
+fn hand_over_all(tx: &SyncSender<Batch>, overflow: &mut VecDeque<Batch>) -> Result<(), ()> {
+    for b in overflow.drain(..) {
+        tx.send(b).map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 /// Hand the overflow's batches to the thread, oldest first, until its queue is full.

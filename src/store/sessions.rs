@@ -80,7 +80,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use keys::{
-    agent_of, canonical_key, fnv1a64, is_canonical, shard_of, valid_agent_id, MAIN,
+    agent_of, canonical_key, fnv1a64, is_canonical, rest_of, shard_of, valid_agent_id, MAIN,
     MAX_AGENT_ID_CHARS, MAX_KEY_CHARS,
 };
 pub use model::{

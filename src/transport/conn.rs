@@ -182,10 +182,10 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             // keeps the public Host, stunnel, `ssh -R` … is remote), no forwarding headers (a
             // trusted proxy such as `tailscale serve` makes it remote), and no browser origin
             // other than loopback.
-            let loopback_origin = head.origin.as_deref().is_none_or(|o| {
-                let rest = o.split_once("://").map_or(o, |(_, r)| r);
-                http::is_loopback_host(rest.split('/').next().unwrap_or(""))
-            });
+            let loopback_origin = head
+                .origin
+                .as_deref()
+                .is_none_or(|o| http::is_loopback_host(http::authority_of(o)));
             let loopback_host = head.host.as_deref().is_some_and(http::is_loopback_host);
             let local =
                 peer.ip().is_loopback() && !head.proxied && loopback_origin && loopback_host;

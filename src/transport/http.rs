@@ -74,23 +74,22 @@ fn ws_key_ok(key: &str) -> bool {
 /// `localhost` (or `*.localhost`), 127.0.0.0/8 or `::1` (also IPv4-mapped).
 pub fn is_loopback_host(authority: &str) -> bool {
     let authority = authority.trim();
-    if let Ok(ip) = authority.parse::<std::net::IpAddr>() {
-        return ip.to_canonical().is_loopback();
+    if let Some(ip) = super::proxy::parse_addr(authority) {
+        return super::proxy::canonical(ip).is_loopback();
     }
-    let host = match authority.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => authority.split(':').next().unwrap_or(""),
-    };
+    // A name, maybe with a port.
+    let host = authority.split(':').next().unwrap_or("");
     let host = host.trim_end_matches('.');
-    if host.eq_ignore_ascii_case("localhost")
+    host.eq_ignore_ascii_case("localhost")
         || host
             .get(host.len().saturating_sub(10)..)
             .is_some_and(|t| t.eq_ignore_ascii_case(".localhost"))
-    {
-        return true;
-    }
-    host.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// The `host[:port]` of a URL or `Origin` (`scheme://authority/path?query#fragment`).
+pub fn authority_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#']).next().unwrap_or("")
 }
 
 fn has_token(value: &[u8], token: &str) -> bool {

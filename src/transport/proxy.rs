@@ -54,7 +54,7 @@ impl TrustedProxies {
     /// Hops may carry a port (`1.2.3.4:5678`, `[2001:db8::1]:443`) or brackets.
     pub fn client_ip(&self, x_forwarded_for: &str) -> Option<IpAddr> {
         for hop in x_forwarded_for.rsplit(',') {
-            let ip = canonical(parse_hop(hop.trim())?);
+            let ip = canonical(parse_addr(hop.trim())?);
             if !self.contains(ip) {
                 return Some(ip);
             }
@@ -76,8 +76,8 @@ impl Net {
     }
 }
 
-/// One `X-Forwarded-For` hop: an address, optionally with a port or in brackets.
-fn parse_hop(hop: &str) -> Option<IpAddr> {
+/// An address, optionally with a port or in brackets (an `X-Forwarded-For` hop, a `Host`).
+pub fn parse_addr(hop: &str) -> Option<IpAddr> {
     if let Ok(ip) = hop.parse::<IpAddr>() {
         return Some(ip);
     }

@@ -81,6 +81,15 @@ pub fn agent_of(canonical: &str) -> &str {
         .map_or("", |(id, _)| id)
 }
 
+/// The part after the agent id (`agent:<id>:<rest>` → `<rest>`); `""` when `canonical` is
+/// not in canonical form.
+pub fn rest_of(canonical: &str) -> &str {
+    canonical
+        .strip_prefix(AGENT_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .map_or("", |(_, rest)| rest)
+}
+
 /// Whether `key` is exactly what [`canonical_key`] produces (for keys read back from disk
 /// or handed to the store by callers).
 pub fn is_canonical(key: &str) -> bool {
