@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use super::backlog::{Backlog, Coalesce, Pending, LANE_BUDGET_BYTES};
 use super::mesh::Mesh;
 use super::reply::ReplySlot;
 use crate::auth::scopes;
@@ -146,6 +147,88 @@ pub struct PresenceSnap {
     /// The entries (the gateway's own first) serialized once as a JSON array: `hello-ok`
     /// snapshots, `system-presence` answers and `presence` broadcasts copy these bytes.
     pub json: Vec<u8>,
+}
+
+/// Tags that keep the coalescing keys of different message kinds apart.
+const KEY_DEVICE: u128 = 1 << 120;
+const KEY_PRESENCE_CONN: u128 = 2 << 120;
+const KEY_PRESENCE_SNAPSHOT: u128 = 3 << 120;
+const KEY_HEALTH_VERSION: u128 = 4 << 120;
+const KEY_SESSION_DIGEST: u128 = 5 << 120;
+
+/// A device id's coalescing key: its first 120 bits (ids are hex SHA-256), else a hash.
+fn device_key(id: &str) -> u128 {
+    let bits = id
+        .get(..30)
+        .and_then(|h| u128::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| u128::from(crate::store::sessions::fnv1a64(id.as_bytes())));
+    KEY_DEVICE | bits
+}
+
+fn presence_conn_key((core, conn): (usize, u64)) -> u128 {
+    KEY_PRESENCE_CONN | (core as u128) << 64 | u128::from(conn)
+}
+
+impl Pending for MeshMsg {
+    fn cost(&self) -> usize {
+        // Estimates of what each holds; broadcasts dominate and are measured exactly.
+        64 + match self {
+            MeshMsg::Broadcast(b) => b.body.len(),
+            MeshMsg::PresenceSnapshot(s) => s.json.len(),
+            MeshMsg::DeviceUpsert(_) | MeshMsg::Pair(..) => 1024,
+            MeshMsg::PresenceJoin(..) | MeshMsg::SessionOp(..) => 2048,
+            MeshMsg::SessionDigest(_, d) => 256 * (d.recent.len() + d.counts.len()),
+            MeshMsg::PresenceLeave(_)
+            | MeshMsg::HealthVersion(_)
+            | MeshMsg::RunSlotAcquire(_)
+            | MeshMsg::RunSlotRelease
+            | MeshMsg::Shutdown => 0,
+        }
+    }
+
+    fn coalesce(&self) -> Coalesce {
+        match self {
+            MeshMsg::DeviceUpsert(d) => Coalesce::Replaces(device_key(&d.device_id)),
+            // Explicit `system-event` rows are each broadcast: never merged.
+            MeshMsg::PresenceJoin(k, _) if k.0 != SYSTEM_EVENT_PRESENCE => {
+                Coalesce::Replaces(presence_conn_key(*k))
+            }
+            MeshMsg::PresenceLeave(k) => Coalesce::Cancels(presence_conn_key(*k)),
+            MeshMsg::PresenceSnapshot(_) => Coalesce::Replaces(KEY_PRESENCE_SNAPSHOT),
+            MeshMsg::HealthVersion(_) => Coalesce::Replaces(KEY_HEALTH_VERSION),
+            MeshMsg::SessionDigest(from, _) => {
+                Coalesce::Replaces(KEY_SESSION_DIGEST | *from as u128)
+            }
+            _ => Coalesce::No,
+        }
+    }
+
+    fn exempt(&self) -> bool {
+        // Bounded by the run caps (and a lost release would leak a slot for good).
+        matches!(
+            self,
+            MeshMsg::RunSlotAcquire(_) | MeshMsg::RunSlotRelease | MeshMsg::Shutdown
+        )
+    }
+}
+
+impl MeshMsg {
+    /// The message will never be delivered: answer whoever awaits it.
+    fn refuse(self) {
+        match self {
+            MeshMsg::Pair(_, reply) => reply.send(PairOutcome::Failed("gateway busy".into())),
+            MeshMsg::SessionOp(_, reply) => {
+                reply.send(crate::state::sessions::OpReply::Value(Err(
+                    crate::protocol::error::ErrorShape::new(
+                        crate::protocol::error::UNAVAILABLE,
+                        "the session's core is not answering",
+                    )
+                    .retry_after(1000),
+                )));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Outcome of a pairing/token request handled by core 0.
@@ -285,7 +368,9 @@ pub struct Core {
     run_slot_waiters: RefCell<VecDeque<Arc<ReplySlot<()>>>>,
     /// Control messages (device upserts, presence changes and snapshots, run slots) a full
     /// mesh queue refused: kept in order and re-sent by [`Core::mesh_backlog_flusher`].
-    mesh_backlog: RefCell<Vec<VecDeque<MeshMsg>>>,
+    mesh_backlog: RefCell<Backlog<MeshMsg>>,
+    /// Messages the backlog refused over its budget (a stalled destination core).
+    pub mesh_backlog_refused: Cell<u64>,
     mesh_backlog_waker: RefCell<Option<std::task::Waker>>,
     /// Failed shared-secret attempts per remote client IP in the current window (this
     /// core's share of the gateway-wide limit; no shared map).
@@ -353,7 +438,8 @@ impl Core {
             presence_flusher: RefCell::new(None),
             run_slots_used: Cell::new(0),
             run_slot_waiters: RefCell::new(VecDeque::new()),
-            mesh_backlog: RefCell::new(Vec::new()),
+            mesh_backlog: RefCell::new(Backlog::new(LANE_BUDGET_BYTES)),
+            mesh_backlog_refused: Cell::new(0),
             mesh_backlog_waker: RefCell::new(None),
             auth_failures: RefCell::new(HashMap::new()),
         };
@@ -494,11 +580,7 @@ impl Core {
             }
             // Droppable: skipped for a core that is behind (like a slow socket), never
             // sent ahead of what waits in its backlog.
-            let behind = self
-                .mesh_backlog
-                .borrow()
-                .get(to)
-                .is_some_and(|q| !q.is_empty());
+            let behind = self.mesh_backlog.borrow().is_waiting(to);
             if behind
                 || self
                     .shared
@@ -1022,34 +1104,36 @@ impl Core {
 
     fn send_ordered(&self, to: usize, msg: MeshMsg) {
         let mut backlog = self.mesh_backlog.borrow_mut();
-        if backlog.len() <= to {
-            backlog.resize_with(to + 1, VecDeque::new);
-        }
-        let Some(queue) = backlog.get_mut(to) else {
-            return;
-        };
-        let msg = if queue.is_empty() {
+        let msg = if backlog.is_waiting(to) {
+            msg
+        } else {
             match self.shared.mesh.send(self.id, to, msg) {
                 Ok(()) => return,
                 Err(m) => m,
             }
-        } else {
-            msg
         };
-        // A stalled core needs only the newest presence snapshot, not every one.
-        if let MeshMsg::PresenceSnapshot(_) = &msg {
-            if let Some(old) = queue
-                .iter_mut()
-                .rev()
-                .find(|m| matches!(m, MeshMsg::PresenceSnapshot(_)))
-            {
-                *old = msg;
-                return;
+        match backlog.push(to, msg) {
+            Ok(_) => {
+                if let Some(w) = self.mesh_backlog_waker.borrow_mut().take() {
+                    w.wake();
+                }
             }
-        }
-        queue.push_back(msg);
-        if let Some(w) = self.mesh_backlog_waker.borrow_mut().take() {
-            w.wake();
+            Err(refused) => {
+                // Core `to` has not drained 64 MiB of waiting messages: it is stalled, and
+                // this core's memory is not its buffer. Its clients miss this (as a slow
+                // consumer's would); anyone awaiting an answer is told now.
+                let n = self.mesh_backlog_refused.get() + 1;
+                self.mesh_backlog_refused.set(n);
+                if n == 1 || n.is_power_of_two() {
+                    tracing::warn!(
+                        core = self.id,
+                        to,
+                        refused = n,
+                        "mesh backlog over budget: core {to} is not draining; message dropped"
+                    );
+                }
+                refused.refuse();
+            }
         }
     }
 
@@ -1057,7 +1141,7 @@ impl Core {
     pub async fn mesh_backlog_flusher(self: Rc<Self>) {
         loop {
             std::future::poll_fn(|cx| {
-                if self.mesh_backlog.borrow().iter().all(VecDeque::is_empty) {
+                if self.mesh_backlog.borrow().is_empty() {
                     *self.mesh_backlog_waker.borrow_mut() = Some(cx.waker().clone());
                     std::task::Poll::Pending
                 } else {
@@ -1070,14 +1154,9 @@ impl Core {
                 return;
             }
             let mut backlog = self.mesh_backlog.borrow_mut();
-            for (to, queue) in backlog.iter_mut().enumerate() {
-                // In order per destination; stop at the first refusal (queue full again).
-                while let Some(msg) = queue.pop_front() {
-                    if let Err(m) = self.shared.mesh.send(self.id, to, msg) {
-                        queue.push_front(m);
-                        break;
-                    }
-                }
+            for to in 0..self.shared.mesh.cores() {
+                // In order per destination; stops at the first refusal (queue full again).
+                backlog.flush(to, |msg| self.shared.mesh.send(self.id, to, msg));
             }
         }
     }

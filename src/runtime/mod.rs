@@ -4,6 +4,7 @@
 //! Owns: thread spawn, driver choice (io_uring, falling back to epoll), accept loops.
 //! Must not touch: protocol semantics (connections are handed to `transport::conn`).
 
+pub mod backlog;
 pub mod core;
 pub mod mesh;
 pub mod reply;
