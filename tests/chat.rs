@@ -1406,3 +1406,48 @@ fn deleting_a_session_while_its_run_streams_does_not_bring_it_back() {
         "the aborted reply revived the deleted session: {list}"
     );
 }
+
+#[test]
+fn a_reset_trigger_stops_the_old_sessions_runs_and_starts_with_the_follow_up_text() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    send(&mut c, "busy", "/slow one two three four five six", "old-1");
+    send(&mut c, "busy", "queued behind it", "old-2");
+    loop {
+        let v = c.next_json().unwrap();
+        if v["event"] == "chat"
+            && v["payload"]["runId"] == "old-1"
+            && v["payload"]["state"] == "delta"
+        {
+            break;
+        }
+    }
+    send(&mut c, "busy", "/new hello again", "new-1");
+    let states = chat_states_until(&mut c, |order| {
+        ["old-1", "old-2", "new-1"].iter().all(|id| {
+            order
+                .iter()
+                .any(|(r, s)| r == id && matches!(s.as_str(), "final" | "error" | "aborted"))
+        })
+    });
+    let end = |id: &str| {
+        states
+            .iter()
+            .rev()
+            .find(|(r, _)| r == id)
+            .map(|(_, s)| s.clone())
+            .unwrap()
+    };
+    assert_eq!(end("old-1"), "aborted", "{states:?}");
+    assert_eq!(end("old-2"), "aborted", "{states:?}");
+    assert_eq!(end("new-1"), "final", "{states:?}");
+    // The new session holds only its own turn, without the trigger word.
+    let h = c
+        .call("chat.history", json!({"sessionKey": "busy", "limit": 100}))
+        .unwrap();
+    let msgs = h["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{h}");
+    assert_eq!(msgs[0]["role"], "user");
+    assert_eq!(msgs[0]["content"][0]["text"], "hello again");
+    assert_eq!(msgs[1]["role"], "assistant");
+}

@@ -380,6 +380,8 @@ pub struct Core {
 /// Failed shared-secret connects allowed per remote client IP per [`AUTH_FAIL_WINDOW`]
 /// (gateway-wide; each core enforces its share). Loopback clients are exempt.
 pub const AUTH_FAIL_MAX: u32 = 10;
+/// Source addresses whose failures one core tracks at most.
+const AUTH_FAIL_TRACKED: usize = 4096;
 /// The auth-failure counting window (also the lockout once the limit is reached).
 pub const AUTH_FAIL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -985,6 +987,18 @@ impl Core {
         *self.health_json.borrow_mut() = None;
     }
 
+    /// Sessions the other cores hold, from their replicated digests.
+    pub fn sessions_elsewhere(&self) -> usize {
+        self.session_digests
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(core, _)| *core != self.id)
+            .filter_map(|(_, d)| d.as_ref())
+            .map(|d| d.counts.values().sum::<usize>())
+            .sum()
+    }
+
     /// Every core's newest sessions and the gateway-wide count per agent.
     pub fn session_digest(&self) -> (Vec<SessionSummary>, BTreeMap<String, usize>) {
         let mut recent = Vec::new();
@@ -1083,8 +1097,21 @@ impl Core {
     /// Count one failed shared-secret attempt from `ip` (see [`Self::auth_locked`]).
     pub fn auth_failed(&self, ip: IpAddr) {
         let mut map = self.auth_failures.borrow_mut();
-        if map.len() >= 4096 {
+        if map.len() >= AUTH_FAIL_TRACKED && !map.contains_key(&ip) {
             map.retain(|_, (start, _)| start.elapsed() < AUTH_FAIL_WINDOW);
+            if map.len() >= AUTH_FAIL_TRACKED {
+                // Still full within one window (many source addresses): forget the oldest
+                // address that is not locked out (else the oldest), so the map stays bounded
+                // and a flood of new addresses cannot unlock the ones already locked.
+                let share = AUTH_FAIL_MAX.div_ceil(self.shared.mesh.cores().max(1) as u32);
+                let victim = map
+                    .iter()
+                    .min_by_key(|(_, (start, n))| (*n >= share, *start))
+                    .map(|(ip, _)| *ip);
+                if let Some(v) = victim {
+                    map.remove(&v);
+                }
+            }
         }
         let e = map.entry(ip).or_insert((Instant::now(), 0));
         if e.0.elapsed() >= AUTH_FAIL_WINDOW {

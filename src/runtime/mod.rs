@@ -203,7 +203,7 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
         }
     };
     let policy = crate::state::policy::SessionPolicy::from_config(&shared.config.parsed);
-    let sessions = crate::state::sessions::SessionOwner::new(shard, policy, shared.opts.workers);
+    let sessions = crate::state::sessions::SessionOwner::new(shard, policy);
     let core = Rc::new(Core::new(id, shared.clone(), devices, sessions));
     let stop = Rc::new(std::cell::Cell::new(false));
 
@@ -326,7 +326,8 @@ async fn ticker(core: Rc<Core>, stop: Rc<std::cell::Cell<bool>>) {
         }
         if last_maintenance.elapsed() >= Duration::from_secs(60) {
             last_maintenance = std::time::Instant::now();
-            core.sessions.maintain(core::now_ms());
+            core.sessions
+                .maintain(core::now_ms(), core.sessions_elsewhere());
             crate::state::sessions::kick_index(&core);
         }
         let now = core.shared.uptime_ms();

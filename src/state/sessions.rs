@@ -153,6 +153,9 @@ enum RunStatus {
 
 struct Run {
     key: String,
+    /// The session id its user line went into: a run whose session was reset, deleted or
+    /// pruned meanwhile does not run (or append) into whatever now has its key.
+    session_id: String,
     /// The user's message until the run starts (then only the transcript keeps it: up to
     /// 2000 finished runs are remembered for `agent.wait`).
     message: RefCell<String>,
@@ -220,6 +223,18 @@ pub struct SessionDigest {
 /// Recent rows per agent kept in a [`SessionDigest`] (≥ what `status` and `health` show).
 pub const DIGEST_RECENT: usize = 10;
 
+/// How many of `mine` sessions this core prunes when the gateway holds `mine + elsewhere`
+/// against a cap of `max`: its proportional share of the excess, rounded up.
+fn cap_share(mine: usize, elsewhere: usize, max: usize) -> usize {
+    let total = mine.saturating_add(elsewhere);
+    let excess = total.saturating_sub(max);
+    if excess == 0 || total == 0 {
+        return 0;
+    }
+    let share = (excess as u128 * mine as u128).div_ceil(total as u128);
+    usize::try_from(share).unwrap_or(mine).min(mine)
+}
+
 /// Per-core owner of sessions.
 pub struct SessionOwner {
     shard: RefCell<SessionShard>,
@@ -235,16 +250,11 @@ pub struct SessionOwner {
     /// Bytes of user messages held by runs that have not started (see [`MAX_QUEUED_BYTES`]).
     queued_bytes: Cell<usize>,
     policy: crate::state::policy::SessionPolicy,
-    workers: usize,
 }
 
 impl SessionOwner {
     /// Wrap this core's shard.
-    pub fn new(
-        shard: SessionShard,
-        policy: crate::state::policy::SessionPolicy,
-        workers: usize,
-    ) -> Self {
+    pub fn new(shard: SessionShard, policy: crate::state::policy::SessionPolicy) -> Self {
         Self {
             shard: RefCell::new(shard),
             lanes: RefCell::new(HashMap::new()),
@@ -256,18 +266,27 @@ impl SessionOwner {
             unacked: RefCell::new(std::collections::HashSet::new()),
             queued_bytes: Cell::new(0),
             policy,
-            workers: workers.max(1),
         }
     }
 
-    /// Apply `session.maintenance` (pruneAfter, this core's share of maxEntries).
-    pub fn maintain(&self, now_ms: i64) {
-        let max = self.policy.max_entries.map(|m| m.div_ceil(self.workers));
-        match self
-            .shard
-            .borrow_mut()
-            .maintain(now_ms, self.policy.prune_after_ms, max)
-        {
+    /// Apply `session.maintenance`: pruneAfter, and maxEntries gateway-wide. `elsewhere` is
+    /// how many sessions the other cores hold (from their replicated digests, up to 2 s
+    /// old): past the cap, each core prunes its proportional share of the excess, so the
+    /// cap is not split evenly across shards that hash unevenly. Sessions with a run
+    /// queued or running are never pruned.
+    pub fn maintain(&self, now_ms: i64, elsewhere: usize) {
+        let mine = self.shard.borrow().len();
+        let max = self
+            .policy
+            .max_entries
+            .map(|max| mine - cap_share(mine, elsewhere, max));
+        let lanes = self.lanes.borrow();
+        let busy = |key: &str| lanes.contains_key(key);
+        let pruned =
+            self.shard
+                .borrow_mut()
+                .maintain(now_ms, self.policy.prune_after_ms, max, &busy);
+        match pruned {
             Ok(0) => {}
             Ok(n) => tracing::info!(message = "Session maintenance pruned entries.", removed = n),
             Err(e) => tracing::error!(message = "Session maintenance failed.", error = %e),
@@ -344,19 +363,35 @@ impl SessionOwner {
         let now = now_ms();
         let mut runs = self.runs.borrow_mut();
         let mut order = self.run_order.borrow_mut();
-        while let Some((at, k)) = order.front() {
-            // A queued or running run is never forgotten: its lane, abort and agent.wait
-            // still need it. Finished ones go after the dedupe TTL or past the cap.
-            let finished = runs.get(k).is_none_or(|r| r.finished());
-            if finished && (now - *at > DEDUPE_TTL_MS || runs.len() > DEDUPE_MAX * 2) {
-                runs.remove(k);
-                order.pop_front();
-            } else {
+        // Finished runs go after the dedupe TTL or past the cap. A queued or running run is
+        // never forgotten (its lane, abort and agent.wait still need it): it moves to the
+        // back, so one long run cannot keep every later finished one (and its summary) alive.
+        let mut still_running = Vec::new();
+        for _ in 0..order.len() {
+            let Some((at, _)) = order.front() else { break };
+            if now - *at <= DEDUPE_TTL_MS && runs.len() <= DEDUPE_MAX * 2 {
                 break;
             }
+            let Some((_, k)) = order.pop_front() else {
+                break;
+            };
+            if runs.get(&k).is_some_and(|r| !r.finished()) {
+                still_running.push(k);
+            } else {
+                runs.remove(&k);
+            }
         }
+        order.extend(still_running.into_iter().map(|k| (now, k)));
         runs.insert(id.to_string(), run);
         order.push_back((now, id.to_string()));
+    }
+
+    /// The run's session is still the one its user line went into.
+    fn is_current(&self, run: &Run) -> bool {
+        self.shard
+            .borrow()
+            .get(&run.key)
+            .is_some_and(|e| e.session_id == run.session_id)
     }
 
     fn summaries(&self) -> Vec<SessionSummary> {
@@ -668,10 +703,21 @@ async fn send(
         }
         return Ok(ack);
     }
-    let (ack, start_lane) = send_now(core, &key, message, &idem, agent_style, deadline)?;
+    let sent = send_now(core, &key, message, &idem, agent_style, deadline)?;
+    let (ack, start_lane) = (sent.ack, sent.starts_lane);
     core.sessions.unacked.borrow_mut().insert(idem.clone());
     let durable = persisted(core, &key).await;
     core.sessions.unacked.borrow_mut().remove(&idem);
+    if durable.is_ok() {
+        // Announced once the row is on disk, like the RPC reset/patch/delete paths: no
+        // client hears of a session that a crash now would not bring back.
+        if sent.reset {
+            sessions_changed(core, &key, "reset");
+        }
+        if sent.created {
+            sessions_changed(core, &key, "created");
+        }
+    }
     if let Err(e) = &durable {
         let run = core.sessions.runs.borrow().get(&idem).cloned();
         if let Some(run) = run {
@@ -689,7 +735,18 @@ async fn send(
     durable.map(|()| ack)
 }
 
-/// The synchronous part of [`send`]: returns the ack and whether this run starts its lane.
+/// What [`send_now`] did.
+struct Sent {
+    ack: Value,
+    /// This run is first in its lane (the caller starts the lane task).
+    starts_lane: bool,
+    /// The session was reset before this turn (trigger or reset policy).
+    reset: bool,
+    /// The session row was created by this turn.
+    created: bool,
+}
+
+/// The synchronous part of [`send`].
 fn send_now(
     core: &Rc<Core>,
     key: &str,
@@ -697,7 +754,7 @@ fn send_now(
     idem: &str,
     agent_style: bool,
     deadline: Option<Duration>,
-) -> Result<(Value, bool), ErrorShape> {
+) -> Result<Sent, ErrorShape> {
     let owner = &core.sessions;
     let key = key.to_string();
     let idem = idem.to_string();
@@ -725,7 +782,8 @@ fn send_now(
     let now = now_ms();
     // Reset policy: an explicit trigger (`/new`, `/reset`) or an expired daily/idle window
     // starts a fresh session id before this turn.
-    let reset_now = owner.policy.trigger(&message).is_some()
+    let trigger = owner.policy.trigger(&message).map(str::len);
+    let reset_now = trigger.is_some()
         || owner.shard.borrow().get(&key).is_some_and(|e| {
             owner.policy.reset_due(
                 e.session_started_at_ms.unwrap_or(e.created_at_ms),
@@ -733,15 +791,24 @@ fn send_now(
                 now,
             )
         });
-    if reset_now && owner.shard.borrow().get(&key).is_some() {
+    // `/new hello` starts the fresh session with "hello" (as OpenClaw does); a bare trigger
+    // stays the turn's text so the agent greets the new session.
+    let message = match trigger {
+        Some(rest) if rest > 0 => message[message.len() - rest..].to_string(),
+        _ => message,
+    };
+    let reset = reset_now && owner.shard.borrow().get(&key).is_some();
+    if reset {
+        // Runs of the old session stop (as `sessions.reset` does): their replies would
+        // belong to a transcript that is no longer the session's.
+        abort(core, &key, None);
         owner
             .shard
             .borrow_mut()
             .reset(&key, now)
             .map_err(store_err)?;
-        sessions_changed(core, &key, "reset");
     }
-    let created = {
+    let (created, session_id) = {
         let mut shard = owner.shard.borrow_mut();
         let existed = shard.get(&key).is_some();
         shard.ensure(&key, now).map_err(store_err)?;
@@ -757,16 +824,15 @@ fn send_now(
         };
         // Durable before acknowledged: the append is written before the ack goes out.
         shard.append(&key, &msg, now).map_err(store_err)?;
-        !existed
+        let session_id = shard.get(&key).map(|e| e.session_id.clone());
+        (!existed, session_id.unwrap_or_default())
     };
-    if created {
-        sessions_changed(core, &key, "created");
-    }
     owner
         .queued_bytes
         .set(owner.queued_bytes.get() + message.len());
     let run = Rc::new(Run {
         key: key.clone(),
+        session_id,
         message: RefCell::new(message),
         abort: Abort::new(),
         status: Cell::new(RunStatus::Queued),
@@ -801,7 +867,12 @@ fn send_now(
         json!({"runId": idem, "status": "started"})
     };
     owner.dedupe_put(&idem, Ok(ack.clone()));
-    Ok((ack, ahead == 0))
+    Ok(Sent {
+        ack,
+        starts_lane: ahead == 0,
+        reset,
+        created,
+    })
 }
 
 fn abort(core: &Core, key: &str, run_id: Option<&str>) -> Value {
@@ -842,6 +913,9 @@ async fn drive_lane(core: Rc<Core>, key: String) {
         let _ = persisted(&core, &key).await;
         let run = core.sessions.runs.borrow().get(&run_id).cloned();
         if let Some(run) = run {
+            if !core.sessions.is_current(&run) {
+                run.abort.abort();
+            }
             if run.abort.is_aborted() {
                 report_aborted_before_start(&core, &run_id, &run);
             } else {
@@ -1060,15 +1134,10 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
         json!({"phase": "start"}),
     );
 
-    let (history, model, session_id) = {
+    let (history, model) = {
         let shard = core.sessions.shard.borrow();
         let h = shard.history(&key, 40).unwrap_or_default();
-        let e = shard.get(&key);
-        (
-            h,
-            e.and_then(|e| e.model.clone()),
-            e.map(|e| e.session_id.clone()),
-        )
+        (h, shard.get(&key).and_then(|e| e.model.clone()))
     };
     let message = take_message(&core.sessions, run);
     let messages = prompt_for(&history, run_id, &message);
@@ -1186,12 +1255,12 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
             error: err,
             usage,
         };
-        let mut shard = core.sessions.shard.borrow_mut();
-        // Deleted or reset while the run streamed: the reply belongs to a transcript that
-        // is gone; appending would bring the session back under a new id.
-        if shard.get(&key).map(|e| &e.session_id) != session_id.as_ref() {
+        // Deleted, reset or pruned while the run streamed: the reply belongs to a
+        // transcript that is gone; appending would bring the session back under a new id.
+        if !core.sessions.is_current(run) {
             return;
         }
+        let mut shard = core.sessions.shard.borrow_mut();
         if let Err(e) = shard.append(&key, &msg, now) {
             tracing::error!(message = "Transcript append failed.", error = %e);
         }
@@ -1309,6 +1378,19 @@ mod tests {
             error: None,
             usage: None,
         }
+    }
+
+    #[test]
+    fn each_core_prunes_its_share_of_the_gateway_wide_excess() {
+        // Under the cap: nothing, however unevenly the shards hold the sessions.
+        assert_eq!(cap_share(640, 4260, 5000), 0);
+        // 5100 against 5000: the core holding 60% prunes 60 of the 100.
+        assert_eq!(cap_share(3060, 2040, 5000), 60);
+        assert_eq!(cap_share(2040, 3060, 5000), 40);
+        // Small caps are not exceeded by rounding (3 over 2 cores holding 2 + 2).
+        assert_eq!(cap_share(2, 2, 3), 1);
+        assert_eq!(cap_share(0, 10, 3), 0);
+        assert_eq!(cap_share(5, 0, 0), 5);
     }
 
     fn roles_texts(v: &[ChatMessage]) -> Vec<(String, String)> {

@@ -424,13 +424,24 @@ impl SessionShard {
         let mut repaired = 0usize;
         for e in shard.entries.values_mut() {
             let path = transcript_path(state_dir, &e.agent_id, &e.session_id);
+            // One unreadable transcript (EACCES, EIO, a directory in its place) must not keep
+            // the gateway from serving every other session: its row is kept as indexed.
             let on_disk = match fs::metadata(&path) {
                 Ok(m) => m.len(),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => 0,
-                Err(err) => return Err(err),
+                Err(err) => {
+                    tracing::error!(key = %e.key, path = %path.display(), error = %err, "transcript unreadable; row kept as indexed");
+                    continue;
+                }
             };
             if on_disk != e.transcript_bytes {
-                let (msgs, len) = transcript::read_all(&path)?;
+                let (msgs, len) = match transcript::read_all(&path) {
+                    Ok(read) => read,
+                    Err(err) => {
+                        tracing::error!(key = %e.key, path = %path.display(), error = %err, "transcript unreadable; row kept as indexed");
+                        continue;
+                    }
+                };
                 e.message_count = 0;
                 e.last_message_preview = None;
                 for m in &msgs {
@@ -1009,12 +1020,14 @@ impl SessionShard {
     /// count). Dropped sessions' transcripts are kept, renamed
     /// `<sessionId>.deleted.<now_ms>.jsonl`. Returns how many rows were removed; the index
     /// is persisted before returning when any were (staged with the store thread; the
-    /// renames wait for it).
+    /// renames wait for it). Rows for which `busy` is true (a run queued or running) are
+    /// never pruned and do not count against the cap.
     pub fn maintain(
         &mut self,
         now_ms: i64,
         prune_after_ms: Option<i64>,
         max_entries: Option<usize>,
+        busy: &dyn Fn(&str) -> bool,
     ) -> io::Result<usize> {
         self.tick(now_ms);
         let mut victims: BTreeSet<String> = BTreeSet::new();
@@ -1022,7 +1035,7 @@ impl SessionShard {
             victims.extend(
                 self.entries
                     .values()
-                    .filter(|e| now_ms.saturating_sub(e.updated_at_ms) > idle)
+                    .filter(|e| now_ms.saturating_sub(e.updated_at_ms) > idle && !busy(&e.key))
                     .map(|e| e.key.clone()),
             );
         }
@@ -1030,7 +1043,7 @@ impl SessionShard {
             let mut rest: Vec<&SessionEntry> = self
                 .entries
                 .values()
-                .filter(|e| !victims.contains(&e.key))
+                .filter(|e| !victims.contains(&e.key) && !busy(&e.key))
                 .collect();
             if rest.len() > max {
                 rest.sort_by(|a, b| (a.updated_at_ms, &a.key).cmp(&(b.updated_at_ms, &b.key)));
@@ -1622,6 +1635,27 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_transcript_does_not_stop_the_shard_from_loading() {
+        let d = tmp("unreadable");
+        let mut s = shard(&d);
+        s.append("agent:dev:ok", &msg("m", "user", "x", 1), 1)
+            .unwrap();
+        s.append("agent:dev:bad", &msg("m", "user", "x", 1), 1)
+            .unwrap();
+        s.flush_blocking();
+        let bad = s.transcript_path("agent:dev:bad").unwrap();
+        drop(s);
+        // A directory where the transcript was, bigger than the index says: read fails.
+        fs::remove_file(&bad).unwrap();
+        fs::create_dir_all(bad.join("x")).unwrap();
+        let reloaded = SessionShard::load(&d, 0, 1).unwrap();
+        assert_eq!(reloaded.len(), 2);
+        assert_eq!(reloaded.get("agent:dev:ok").unwrap().message_count, 1);
+        drop(reloaded);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn maintenance_prunes_idle_then_caps() {
         let d = tmp("maint");
         let mut s = shard(&d);
@@ -1631,18 +1665,23 @@ mod tests {
         }
         let old_path = s.transcript_path("agent:dev:s0").unwrap();
         let old_sid = s.get("agent:dev:s0").unwrap().session_id.clone();
-        assert_eq!(s.maintain(1000, None, None).unwrap(), 0);
-        // Idle > 650 ms at t=1000: s0 (0), s1 (100), s2 (200), s3 (300).
-        assert_eq!(s.maintain(1000, Some(650), None).unwrap(), 4);
+        let idle = |_: &str| false;
+        assert_eq!(s.maintain(1000, None, None, &idle).unwrap(), 0);
+        // Idle > 650 ms at t=1000: s0 (0), s1 (100), s2 (200), s3 (300); s1 has a run.
+        let s1_busy = |k: &str| k == "agent:dev:s1";
+        assert_eq!(s.maintain(1000, Some(650), None, &s1_busy).unwrap(), 3);
         let keys: Vec<&str> = s.list().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["agent:dev:s4", "agent:dev:s5"]);
+        assert_eq!(keys, ["agent:dev:s1", "agent:dev:s4", "agent:dev:s5"]);
+        // The busy row is outside the cap too: s4 and s5 are both kept under a cap of 2.
+        assert_eq!(s.maintain(1000, None, Some(2), &s1_busy).unwrap(), 0);
+        assert_eq!(s.maintain(1000, Some(650), None, &idle).unwrap(), 1);
         assert!(!old_path.exists());
         assert!(old_path
             .with_file_name(format!("{old_sid}.deleted.1000.jsonl"))
             .exists());
         s.append("agent:dev:s6", &msg("m", "user", "x", 1), 1100)
             .unwrap();
-        assert_eq!(s.maintain(1200, None, Some(1)).unwrap(), 2);
+        assert_eq!(s.maintain(1200, None, Some(1), &idle).unwrap(), 2);
         let keys: Vec<&str> = s.list().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["agent:dev:s6"]);
         let reloaded = SessionShard::load(&d, 0, 1).unwrap();
