@@ -357,7 +357,38 @@ fn agent_answers_twice_and_agent_wait_reports_the_outcome() {
         }
     }
     assert_eq!(finals[0]["ok"], true);
-    assert_eq!(finals[0]["payload"]["status"], "ok");
+    let fin = &finals[0]["payload"];
+    assert_eq!(fin["status"], "ok");
+    // What `openclaw agent` prints: result.payloads[].text (as the real gateway answers).
+    assert_eq!(fin["summary"], "completed", "{fin}");
+    let text = fin["result"]["payloads"][0]["text"].as_str().unwrap();
+    assert!(text.contains("ping"), "{fin}");
+    assert_eq!(fin["result"]["meta"]["agentMeta"]["provider"], "clawgate");
+    assert!(fin["result"]["meta"]["durationMs"].as_i64().unwrap() >= 0);
+    assert!(fin["result"]["meta"]["agentMeta"]["sessionId"].is_string());
+    assert!(w.get("_agentMeta").is_none(), "{w}");
+    // A run past its deadline: a result with status timeout, not an error.
+    let res = c
+        .call_raw(
+            "agent",
+            Some(json!({"message": "/slow take your time please", "idempotencyKey": "ag-t", "timeout": 1})),
+        )
+        .unwrap();
+    let id = res["id"].as_str().unwrap().to_string();
+    let v = loop {
+        let v = c.next_json().unwrap();
+        if v["type"] == "res" && v["id"] == id.as_str() {
+            break v;
+        }
+    };
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["payload"]["status"], "timeout", "{v}");
+    assert_eq!(v["payload"]["summary"], "aborted", "{v}");
+    assert_eq!(v["payload"]["stopReason"], "timeout", "{v}");
+    let w = c
+        .call("agent.wait", json!({"runId": "ag-t", "timeoutMs": 1000}))
+        .unwrap();
+    assert_eq!(w["status"], "timeout", "{w}");
     // Failing run: ok:false with both payload and error.
     let res = c
         .call_raw(
@@ -1450,4 +1481,53 @@ fn a_reset_trigger_stops_the_old_sessions_runs_and_starts_with_the_follow_up_tex
     assert_eq!(msgs[0]["role"], "user");
     assert_eq!(msgs[0]["content"][0]["text"], "hello again");
     assert_eq!(msgs[1]["role"], "assistant");
+}
+
+#[test]
+fn sessions_changed_goes_only_to_connections_that_subscribed() {
+    let g = Gateway::start("uring");
+    let mut subscribed = g.connect(RW);
+    let mut other = g.connect(RW);
+    assert_eq!(
+        subscribed.call("sessions.subscribe", json!({})).unwrap(),
+        json!({"subscribed": true})
+    );
+    // With sessions.list params the list comes along.
+    let with_list = subscribed
+        .call("sessions.subscribe", json!({"limit": 5}))
+        .unwrap();
+    assert_eq!(with_list["subscribed"], true);
+    assert!(with_list["list"]["sessions"].is_array(), "{with_list}");
+    let mut sender = g.connect(RW);
+    send(&mut sender, "fresh-session", "hi", "sub-1");
+    // Every frame each watcher gets up to the run's final (the row's `created` event goes
+    // out before the run starts, on the same ordered path as the final).
+    let changed_until_final = |c: &mut Client| {
+        let mut pending = std::mem::take(&mut c.events);
+        let mut changed = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no final");
+            let v = if pending.is_empty() {
+                c.next_json().unwrap()
+            } else {
+                pending.remove(0)
+            };
+            if v["event"] == "sessions.changed" {
+                changed += 1;
+            }
+            if v["event"] == "chat" && v["payload"]["state"] == "final" {
+                return changed;
+            }
+        }
+    };
+    assert!(
+        changed_until_final(&mut subscribed) >= 1,
+        "the subscriber got no sessions.changed"
+    );
+    assert_eq!(
+        changed_until_final(&mut other),
+        0,
+        "sessions.changed reached a connection that never subscribed"
+    );
 }

@@ -255,3 +255,56 @@ fn real_cli_runs_a_chat_against_the_offline_agent() {
     let reply = msgs[1]["content"][0]["text"].as_str().unwrap();
     assert!(reply.contains("hello from the real cli"), "{reply}");
 }
+
+/// `openclaw agent --message …` (the CLI's everyday command) prints the agent's reply.
+#[test]
+fn real_cli_agent_command_prints_the_reply() {
+    let Some(cli) = real_cli() else { return };
+    let g = Gateway::start("uring");
+    let home = temp_dir("cli-home");
+    let agent = |args: &[&str]| {
+        let o = Command::new(&cli)
+            .args(args)
+            .env("HOME", &home)
+            .env("OPENCLAW_GATEWAY_URL", g.url())
+            .env("OPENCLAW_GATEWAY_TOKEN", &g.token)
+            .env_remove("OPENCLAW_STATE_DIR")
+            .env_remove("OPENCLAW_CONFIG_PATH")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run openclaw");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&o.stderr).to_string(),
+        }
+    };
+    let o = agent(&[
+        "agent",
+        "--agent",
+        "main",
+        "--message",
+        "hello from openclaw agent",
+    ]);
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("hello from openclaw agent"),
+        "the reply was not printed: stdout={} stderr={}",
+        o.stdout,
+        o.stderr
+    );
+    let o = agent(&[
+        "agent",
+        "--agent",
+        "main",
+        "--message",
+        "and as json",
+        "--json",
+    ]);
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+    let v = json_of(&o);
+    let text = v["result"]["payloads"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("and as json"), "{v}");
+}

@@ -17,6 +17,12 @@ pub const TALK: &str = "operator.talk";
 /// `operator.talk.secrets`.
 pub const TALK_SECRETS: &str = "operator.talk.secrets";
 
+/// Not a scope anyone is granted: the broadcast filter of `sessions.changed`, which the real
+/// gateway sends only to connections that called `sessions.subscribe`.
+pub const SESSION_EVENTS: &str = "sessions.subscribe";
+/// The [`bit`] of [`SESSION_EVENTS`] (above every real scope's).
+pub const SESSION_EVENTS_BIT: u16 = 1 << 14;
+
 /// Every operator scope (the closed set).
 pub const ALL: &[&str] = &[
     READ,
@@ -42,6 +48,9 @@ pub fn satisfied(granted: &[String], required: &str) -> bool {
 
 /// Bit of a known scope in a [`mask`] (0 for unknown scopes, which no mask satisfies).
 pub fn bit(scope: &str) -> u16 {
+    if scope == SESSION_EVENTS {
+        return SESSION_EVENTS_BIT;
+    }
     ALL.iter()
         .position(|s| *s == scope)
         .map(|i| 1u16 << i)

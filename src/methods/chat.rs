@@ -40,6 +40,8 @@ pub enum ChatMethod {
     SessionsReset,
     /// `sessions.delete`.
     SessionsDelete,
+    /// `sessions.subscribe`.
+    SessionsSubscribe,
 }
 
 fn obj<'a>(method: &str, p: &'a Value) -> Result<&'a serde_json::Map<String, Value>, ErrorShape> {
@@ -140,6 +142,41 @@ const MAX_IDEMPOTENCY_KEY: usize = 512;
 /// `sessions.preview` answers for the first this-many keys (as the real gateway).
 const MAX_PREVIEW_KEYS: usize = 64;
 
+/// `agent`'s second answer for a run that completed, or was aborted or timed out (both
+/// "timeout", as the real gateway projects a cancellation): the reply text in
+/// `result.payloads` (what `openclaw agent` prints) and the run's facts in `result.meta`.
+fn agent_final(run_id: &str, mut wait: Value) -> Value {
+    let text = wait["summary"].as_str().unwrap_or("").to_string();
+    let mut meta = wait
+        .as_object_mut()
+        .and_then(|o| o.remove(crate::state::sessions::AGENT_META))
+        .unwrap_or_else(|| json!({}));
+    let payloads = if text.is_empty() {
+        json!([])
+    } else {
+        json!([{"text": text}])
+    };
+    if wait["status"] == "ok" {
+        return json!({
+            "runId": run_id,
+            "status": "ok",
+            "summary": "completed",
+            "result": {"payloads": payloads, "meta": meta},
+        });
+    }
+    meta["aborted"] = json!(true);
+    let mut v = json!({
+        "runId": run_id,
+        "status": "timeout",
+        "summary": "aborted",
+        "result": {"payloads": payloads, "meta": meta},
+    });
+    if let Some(stop) = wait.get("stopReason") {
+        v["stopReason"] = stop.clone();
+    }
+    v
+}
+
 /// `agent.wait`: the run lives on its session's owner; ask every core in turn (a core that
 /// does not know the run answers at once), the owner answers when the run ends or times out.
 async fn wait_any(
@@ -159,6 +196,7 @@ async fn wait_any(
                 return value(other).map(|mut v| {
                     if let Some(o) = v.as_object_mut() {
                         o.remove("summary");
+                        o.remove(crate::state::sessions::AGENT_META);
                     }
                     v
                 })
@@ -166,6 +204,28 @@ async fn wait_any(
         }
     }
     Err(ErrorShape::invalid(format!("unknown runId: {run_id}")))
+}
+
+/// `sessions.list`: every core's rows, gathered and shaped here.
+async fn sessions_list(s: &Session, name: &str, params: &Value) -> Result<Value, ErrorShape> {
+    let core = &s.core;
+    let mut all = Vec::new();
+    for c in 0..core.shared.opts.workers {
+        match route(core, c, SessionOp::List).await {
+            OpReply::Summaries(mut v) => all.append(&mut v),
+            // A core that could not answer (its queue is full): a partial list with a wrong
+            // count would look authoritative; ask again instead.
+            other => {
+                value(other)?;
+                return Err(
+                    ErrorShape::new(UNAVAILABLE, "a session shard did not answer")
+                        .retry_after(1000),
+                );
+            }
+        }
+    }
+    s.with_sessions_view(&all, |v| super::system::sessions_list(v, params))
+        .map_err(|e| ErrorShape::invalid_params(name, e))
 }
 
 /// Handle one session/chat method; queues the response(s) itself.
@@ -181,6 +241,7 @@ pub async fn handle(s: &Session, m: ChatMethod, id: &str, params: &Value) {
         ChatMethod::SessionsPatch => "sessions.patch",
         ChatMethod::SessionsReset => "sessions.reset",
         ChatMethod::SessionsDelete => "sessions.delete",
+        ChatMethod::SessionsSubscribe => "sessions.subscribe",
     };
     let result = run(s, m, name, id, params).await;
     match result {
@@ -313,10 +374,9 @@ async fn run(
                     )
                     .await;
                     let frame = match value(r) {
-                        Ok(v) if v["status"] == "ok" => encode_ok(
-                            &id,
-                            &json!({"runId": idem, "status": "ok", "summary": v["summary"]}),
-                        ),
+                        Ok(v) if v["status"] == "ok" || v["status"] == "timeout" => {
+                            encode_ok(&id, &agent_final(&idem, v))
+                        }
                         Ok(v) => {
                             let msg = v["error"]
                                 .as_str()
@@ -409,25 +469,15 @@ async fn run(
             });
             Ok(None)
         }
-        ChatMethod::SessionsList => {
-            let mut all = Vec::new();
-            for c in 0..workers {
-                match route(core, c, SessionOp::List).await {
-                    OpReply::Summaries(mut v) => all.append(&mut v),
-                    // A core that could not answer (its queue is full): a partial list
-                    // with a wrong count would look authoritative; ask again instead.
-                    other => {
-                        value(other)?;
-                        return Err(
-                            ErrorShape::new(UNAVAILABLE, "a session shard did not answer")
-                                .retry_after(1000),
-                        );
-                    }
-                }
+        ChatMethod::SessionsList => sessions_list(s, name, params).await.map(Some),
+        ChatMethod::SessionsSubscribe => {
+            // As the real gateway: params are sessions.list's; with any, the list comes too.
+            s.core.subscribe_session_events(s.conn_id);
+            if o.is_empty() {
+                return Ok(Some(json!({"subscribed": true})));
             }
-            s.with_sessions_view(&all, |v| super::system::sessions_list(v, params))
-                .map(Some)
-                .map_err(|e| ErrorShape::invalid_params(name, e))
+            let list = sessions_list(s, name, params).await?;
+            Ok(Some(json!({"subscribed": true, "list": list})))
         }
         ChatMethod::SessionsPreview => {
             let keys = match o.get("keys") {

@@ -119,6 +119,12 @@ pub static TABLE: &[MethodSpec] = &[
         handler: Handler::Chat(chat::ChatMethod::SessionsList),
     },
     MethodSpec {
+        name: "sessions.subscribe",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: Handler::Chat(chat::ChatMethod::SessionsSubscribe),
+    },
+    MethodSpec {
         name: "sessions.preview",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),

@@ -502,6 +502,15 @@ impl Core {
         }
     }
 
+    /// The connection called `sessions.subscribe`: it gets `sessions.changed` from now on.
+    pub fn subscribe_session_events(&self, id: u64) {
+        if let Some(c) = self.conns.borrow_mut().get_mut(&id) {
+            if c.scope_mask & SCOPE_ANY != 0 {
+                c.scope_mask |= scopes::SESSION_EVENTS_BIT;
+            }
+        }
+    }
+
     /// Forget a connection.
     pub fn remove_conn(&self, id: u64) {
         self.conns.borrow_mut().remove(&id);

@@ -149,6 +149,8 @@ enum RunStatus {
     Ok,
     Error,
     Aborted,
+    /// Ended by its whole-run deadline.
+    TimedOut,
 }
 
 struct Run {
@@ -170,13 +172,15 @@ struct Run {
     agent_seq: Cell<u64>,
     /// Whole-run deadline from the request, counted from the run's start.
     deadline: Option<Duration>,
+    /// `provider`/`model` it ran on, once resolved.
+    target: RefCell<Option<(String, String)>>,
 }
 
 impl Run {
     fn finished(&self) -> bool {
         matches!(
             self.status.get(),
-            RunStatus::Ok | RunStatus::Error | RunStatus::Aborted
+            RunStatus::Ok | RunStatus::Error | RunStatus::Aborted | RunStatus::TimedOut
         )
     }
     fn finish(&self, st: RunStatus) {
@@ -187,12 +191,20 @@ impl Run {
         }
     }
     fn outcome(&self, run_id: &str) -> Value {
+        // As the real gateway projects run ends: a cancelled run counts as a timeout.
         let status = match self.status.get() {
             RunStatus::Ok => "ok",
-            RunStatus::Error | RunStatus::Aborted => "error",
-            _ => "timeout",
+            RunStatus::Error => "error",
+            RunStatus::Aborted | RunStatus::TimedOut | RunStatus::Queued | RunStatus::Running => {
+                "timeout"
+            }
         };
         let mut v = json!({"runId": run_id, "status": status});
+        match self.status.get() {
+            RunStatus::Aborted => v["stopReason"] = json!("rpc"),
+            RunStatus::TimedOut => v["stopReason"] = json!("timeout"),
+            _ => {}
+        }
         if self.started_at.get() > 0 {
             v["startedAt"] = json!(self.started_at.get());
         }
@@ -205,6 +217,10 @@ impl Run {
         v
     }
 }
+
+/// Key of the run's provider/session facts in a `SessionOp::Wait` reply (internal: the
+/// `agent` final answer moves it to `result.meta`; `agent.wait` removes it).
+pub const AGENT_META: &str = "_agentMeta";
 
 /// What a `chat.send`/`agent` answered (a retried idempotency key gets the same).
 type SendOutcome = Result<Value, ErrorShape>;
@@ -653,6 +669,24 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
                 v["status"] = json!("timeout");
             }
             v["summary"] = json!(run.summary.borrow().clone());
+            // For `agent`'s final answer (`result.meta`); `agent.wait` strips it.
+            let mut meta = json!({"sessionId": run.session_id});
+            if let Some((provider, model)) = run.target.borrow().as_ref() {
+                meta["provider"] = json!(provider);
+                meta["model"] = json!(model);
+            }
+            let ended = if run.finished() {
+                run.ended_at.get()
+            } else {
+                now_ms()
+            };
+            let started = run.started_at.get();
+            let duration = if started > 0 {
+                ended.saturating_sub(started).max(0)
+            } else {
+                0
+            };
+            v[AGENT_META] = json!({"durationMs": duration, "agentMeta": meta});
             OpReply::Value(Ok(v))
         }
     }
@@ -676,7 +710,8 @@ fn sessions_changed(core: &Core, key: &str, reason: &str) {
         "sessions.changed",
         &json!({"sessionKey": key, "agentId": agent, "reason": reason}),
         None,
-        Some(scopes::READ),
+        // Only to connections that called `sessions.subscribe` (which needs operator.read).
+        Some(scopes::SESSION_EVENTS),
         true,
     );
 }
@@ -843,6 +878,7 @@ fn send_now(
         waiters: RefCell::new(Vec::new()),
         agent_seq: Cell::new(0),
         deadline,
+        target: RefCell::new(None),
     });
     owner.remember_run(&idem, run.clone());
     let ahead = {
@@ -1142,7 +1178,10 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
     let message = take_message(&core.sessions, run);
     let messages = prompt_for(&history, run_id, &message);
     let target = match agents::resolve_model(&core.shared.config, model.as_deref()) {
-        Ok(t) => t,
+        Ok(t) => {
+            *run.target.borrow_mut() = Some((t.provider.clone(), t.model.clone()));
+            t
+        }
         Err(e) => {
             finish_error(
                 core,
@@ -1357,10 +1396,17 @@ fn finish_error(
         false,
     );
     *run.error.borrow_mut() = Some(message.to_string());
-    if run.summary.borrow().is_empty() {
+    let timed_out = kind == agents::error_kind::TIMEOUT;
+    // A timed-out run's summary stays its partial reply (`agent` answers it as a result);
+    // a failed run's is the error.
+    if run.summary.borrow().is_empty() && !timed_out {
         *run.summary.borrow_mut() = message.to_string();
     }
-    run.finish(RunStatus::Error);
+    run.finish(if timed_out {
+        RunStatus::TimedOut
+    } else {
+        RunStatus::Error
+    });
 }
 
 #[cfg(test)]
