@@ -203,6 +203,11 @@ async fn worker(id: usize, shared: Arc<Shared>, l: std::net::TcpListener, device
         }
     };
     let policy = crate::state::policy::SessionPolicy::from_config(&shared.config.parsed);
+    if id == 0 {
+        for w in &policy.warnings {
+            tracing::warn!(message = "session config", warning = %w);
+        }
+    }
     let sessions = crate::state::sessions::SessionOwner::new(shard, policy);
     let core = Rc::new(Core::new(id, shared.clone(), devices, sessions));
     let stop = Rc::new(std::cell::Cell::new(false));

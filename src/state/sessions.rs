@@ -291,6 +291,20 @@ impl SessionOwner {
     /// cap is not split evenly across shards that hash unevenly. Sessions with a run
     /// queued or running are never pruned.
     pub fn maintain(&self, now_ms: i64, elsewhere: usize) {
+        if !self.policy.maintenance_enforce {
+            // `maintenance.mode: "warn"`: report what enforcing would do, change nothing.
+            let mine = self.shard.borrow().len();
+            if let Some(max) = self.policy.max_entries {
+                if cap_share(mine, elsewhere, max) > 0 {
+                    tracing::warn!(
+                        message = "Session store is over session.maintenance.maxEntries (mode warn: nothing pruned).",
+                        sessions = mine + elsewhere,
+                        max_entries = max
+                    );
+                }
+            }
+            return;
+        }
         let mine = self.shard.borrow().len();
         let max = self
             .policy
@@ -817,10 +831,11 @@ fn send_now(
     let now = now_ms();
     // Reset policy: an explicit trigger (`/new`, `/reset`) or an expired daily/idle window
     // starts a fresh session id before this turn.
-    let trigger = owner.policy.trigger(&message).map(str::len);
+    let trigger = owner.policy.trigger(&message).map(str::to_string);
     let reset_now = trigger.is_some()
         || owner.shard.borrow().get(&key).is_some_and(|e| {
             owner.policy.reset_due(
+                &key,
                 e.session_started_at_ms.unwrap_or(e.created_at_ms),
                 e.last_interaction_at_ms,
                 now,
@@ -829,7 +844,7 @@ fn send_now(
     // `/new hello` starts the fresh session with "hello" (as OpenClaw does); a bare trigger
     // stays the turn's text so the agent greets the new session.
     let message = match trigger {
-        Some(rest) if rest > 0 => message[message.len() - rest..].to_string(),
+        Some(rest) if !rest.is_empty() => rest,
         _ => message,
     };
     let reset = reset_now && owner.shard.borrow().get(&key).is_some();
