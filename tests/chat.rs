@@ -1531,3 +1531,41 @@ fn sessions_changed_goes_only_to_connections_that_subscribed() {
         "sessions.changed reached a connection that never subscribed"
     );
 }
+
+#[test]
+fn a_bare_reset_command_answers_a_status_notice_without_asking_the_model() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    send(&mut c, "noticed", "remember this", "bare-0");
+    chat_until_done(&mut c, "bare-0", Duration::from_secs(10));
+    send(&mut c, "noticed", "/new", "bare-1");
+    let ev = chat_until_done(&mut c, "bare-1", Duration::from_secs(10));
+    let last = ev.last().unwrap();
+    assert_eq!(last["state"], "final", "{last}");
+    assert_eq!(
+        last["message"]["content"][0]["text"], "✅ New session started.",
+        "{last}"
+    );
+    // The fresh session is empty: neither the command nor the notice is a turn.
+    let h = c
+        .call("chat.history", json!({"sessionKey": "noticed"}))
+        .unwrap();
+    assert_eq!(h["messages"].as_array().unwrap().len(), 0, "{h}");
+    // Through `agent`: the notice is the result, flagged as such.
+    let res = c
+        .call_raw(
+            "agent",
+            Some(json!({"message": "/reset", "sessionKey": "noticed", "idempotencyKey": "bare-2"})),
+        )
+        .unwrap();
+    let id = res["id"].as_str().unwrap().to_string();
+    let v = loop {
+        let v = c.next_json().unwrap();
+        if v["type"] == "res" && v["id"] == id.as_str() {
+            break v;
+        }
+    };
+    let p = &v["payload"]["result"]["payloads"][0];
+    assert_eq!(p["text"], "✅ Session reset.", "{v}");
+    assert_eq!(p["isStatusNotice"], true, "{v}");
+}

@@ -151,10 +151,15 @@ fn agent_final(run_id: &str, mut wait: Value) -> Value {
         .as_object_mut()
         .and_then(|o| o.remove(crate::state::sessions::AGENT_META))
         .unwrap_or_else(|| json!({}));
-    let payloads = if text.is_empty() {
-        json!([])
-    } else {
-        json!([{"text": text}])
+    let notice = meta
+        .get_mut("agentMeta")
+        .and_then(Value::as_object_mut)
+        .and_then(|m| m.remove("isStatusNotice"))
+        .is_some();
+    let payloads = match (text.is_empty(), notice) {
+        (true, _) => json!([]),
+        (false, false) => json!([{"text": text}]),
+        (false, true) => json!([{"text": text, "isStatusNotice": true}]),
     };
     if wait["status"] == "ok" {
         return json!({

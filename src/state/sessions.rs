@@ -174,6 +174,9 @@ struct Run {
     deadline: Option<Duration>,
     /// `provider`/`model` it ran on, once resolved.
     target: RefCell<Option<(String, String)>>,
+    /// A bare `/new` or `/reset`: the run answers this status notice instead of asking the
+    /// model (as the real gateway's command handling does).
+    notice: Option<&'static str>,
 }
 
 impl Run {
@@ -685,6 +688,9 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             v["summary"] = json!(run.summary.borrow().clone());
             // For `agent`'s final answer (`result.meta`); `agent.wait` strips it.
             let mut meta = json!({"sessionId": run.session_id});
+            if run.notice.is_some() {
+                meta["isStatusNotice"] = json!(true);
+            }
             if let Some((provider, model)) = run.target.borrow().as_ref() {
                 meta["provider"] = json!(provider);
                 meta["model"] = json!(model);
@@ -843,6 +849,13 @@ fn send_now(
         });
     // `/new hello` starts the fresh session with "hello" (as OpenClaw does); a bare trigger
     // stays the turn's text so the agent greets the new session.
+    let notice = match trigger.as_deref() {
+        Some("") if message.trim_start().to_lowercase().starts_with("/reset") => {
+            Some("✅ Session reset.")
+        }
+        Some("") => Some("✅ New session started."),
+        _ => None,
+    };
     let message = match trigger {
         Some(rest) if !rest.is_empty() => rest,
         _ => message,
@@ -872,8 +885,11 @@ fn send_now(
             error: None,
             usage: None,
         };
-        // Durable before acknowledged: the append is written before the ack goes out.
-        shard.append(&key, &msg, now).map_err(store_err)?;
+        // Durable before acknowledged: the append is written before the ack goes out. A
+        // bare reset command is not a turn: the fresh session starts empty.
+        if notice.is_none() {
+            shard.append(&key, &msg, now).map_err(store_err)?;
+        }
         let session_id = shard.get(&key).map(|e| e.session_id.clone());
         (!existed, session_id.unwrap_or_default())
     };
@@ -894,6 +910,7 @@ fn send_now(
         agent_seq: Cell::new(0),
         deadline,
         target: RefCell::new(None),
+        notice,
     });
     owner.remember_run(&idem, run.clone());
     let ahead = {
@@ -1185,6 +1202,10 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
         json!({"phase": "start"}),
     );
 
+    if let Some(notice) = run.notice {
+        answer_notice(core, run_id, run, &key, notice, next_chat(), agent_seq + 1);
+        return;
+    }
     let (history, model) = {
         let shard = core.sessions.shard.borrow();
         let h = shard.history(&key, 40).unwrap_or_default();
@@ -1381,6 +1402,38 @@ async fn execute(core: &Rc<Core>, run_id: &str, run: &Rc<Run>) {
             );
         }
     }
+}
+
+/// A bare `/new` or `/reset`: the status notice is the run's whole reply (not stored in
+/// the fresh transcript, as it is not a model turn).
+fn answer_notice(
+    core: &Core,
+    run_id: &str,
+    run: &Run,
+    key: &str,
+    notice: &str,
+    chat_seq: u64,
+    agent_seq: u64,
+) {
+    drop(take_message(&core.sessions, run));
+    *run.summary.borrow_mut() = notice.to_string();
+    emit_chat(
+        core,
+        run_id,
+        key,
+        chat_seq,
+        json!({"state": "final", "message": assistant_message(notice), "stopReason": "stop"}),
+        false,
+    );
+    emit_agent(
+        core,
+        run_id,
+        key,
+        agent_seq,
+        "lifecycle",
+        json!({"phase": "end"}),
+    );
+    run.finish(RunStatus::Ok);
 }
 
 #[allow(clippy::too_many_arguments)]
