@@ -1569,3 +1569,54 @@ fn a_bare_reset_command_answers_a_status_notice_without_asking_the_model() {
     assert_eq!(p["text"], "✅ Session reset.", "{v}");
     assert_eq!(p["isStatusNotice"], true, "{v}");
 }
+
+#[test]
+fn sessions_patch_takes_the_real_clients_fields() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    send(&mut c, "patchy", "hi", "patchy-1");
+    chat_until_done(&mut c, "patchy-1", Duration::from_secs(10));
+    let list = c.call("sessions.list", json!({})).unwrap();
+    let sid = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "agent:main:patchy")
+        .map(|s| s["sessionId"].as_str().unwrap().to_string())
+        .unwrap();
+    // What `openclaw sessions archive` sends.
+    let r = c
+        .call(
+            "sessions.patch",
+            json!({"key": "patchy", "expectedSessionId": sid, "archived": true}),
+        )
+        .unwrap();
+    assert_eq!(r["entry"]["archived"], true, "{r}");
+    assert!(
+        r["entry"]["updatedAt"].is_i64(),
+        "the TUI reads entry.updatedAt: {r}"
+    );
+    // The TUI's setting commands.
+    let r = c
+        .call(
+            "sessions.patch",
+            json!({"key": "patchy", "responseUsage": "tokens", "verboseLevel": "on"}),
+        )
+        .unwrap();
+    assert_eq!(r["entry"]["settings"]["responseUsage"], "tokens", "{r}");
+    let e = c
+        .call(
+            "sessions.patch",
+            json!({"key": "patchy", "expectedSessionId": "someone-else", "label": "x"}),
+        )
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("expectedSessionId"), "{e:?}");
+    let e = c
+        .call("sessions.patch", json!({"key": "main", "archived": true}))
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("main session"), "{e:?}");
+    // Still closed to fields outside the real schema.
+    assert!(c
+        .call("sessions.patch", json!({"key": "patchy", "bogus": 1}))
+        .is_err());
+}

@@ -477,11 +477,13 @@ async fn run(
         ChatMethod::SessionsList => sessions_list(s, name, params).await.map(Some),
         ChatMethod::SessionsSubscribe => {
             // As the real gateway: params are sessions.list's; with any, the list comes too.
-            s.core.subscribe_session_events(s.conn_id);
+            // Subscribed only once the params are known good (as the real gateway).
             if o.is_empty() {
+                s.core.subscribe_session_events(s.conn_id);
                 return Ok(Some(json!({"subscribed": true})));
             }
             let list = sessions_list(s, name, params).await?;
+            s.core.subscribe_session_events(s.conn_id);
             Ok(Some(json!({"subscribed": true, "list": list})))
         }
         ChatMethod::SessionsPreview => {

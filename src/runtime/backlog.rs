@@ -126,17 +126,21 @@ impl<M: Pending> Backlog<M> {
             }
         }
         let cost = msg.cost();
+        // Replacing frees the older one's bytes: the budget is checked against the lane as
+        // it will be, and a refusal leaves the older message where it was.
+        let freed = match rule {
+            Coalesce::Replaces(key) => lane.keyed_cost(key),
+            _ => 0,
+        };
+        if !msg.exempt() && (lane.bytes - freed).saturating_add(cost) > self.budget {
+            return Err(msg);
+        }
         let mut kept = Kept::Queued;
         if let Coalesce::Replaces(key) = rule {
-            // The older one is removed before the budget check: replacing never grows a
-            // lane by more than the difference.
             if lane.take_keyed(key).is_some() {
                 self.live -= 1;
                 kept = Kept::Coalesced;
             }
-        }
-        if !msg.exempt() && lane.bytes.saturating_add(cost) > self.budget {
-            return Err(msg);
         }
         if lane.dead > 64 && lane.dead * 2 > lane.queue.len() {
             lane.compact();
@@ -196,6 +200,16 @@ impl<M: Pending> Backlog<M> {
 }
 
 impl<M: Pending> Lane<M> {
+    /// Bytes of the waiting message carrying `key` (0 if none).
+    fn keyed_cost(&self, key: u128) -> usize {
+        self.keyed
+            .get(&key)
+            .and_then(|i| usize::try_from(i.checked_sub(self.head)?).ok())
+            .and_then(|offset| self.queue.get(offset))
+            .and_then(Option::as_ref)
+            .map_or(0, |m| m.cost().min(self.bytes))
+    }
+
     /// Remove the waiting message carrying `key`, if any.
     fn take_keyed(&mut self, key: u128) -> Option<M> {
         let index = self.keyed.remove(&key)?;
@@ -337,6 +351,20 @@ mod tests {
         b.push(1, Msg::State(2, 1)).unwrap();
         assert_eq!(b.push(1, Msg::State(1, 2)), Ok(Kept::Coalesced));
         assert_eq!(b.bytes(1), 20);
+    }
+
+    #[test]
+    fn a_refused_replacement_leaves_the_older_state_in_place() {
+        let mut b = Backlog::new(25);
+        b.push(1, Msg::State(1, 1)).unwrap();
+        b.push(1, Msg::Data("big", 15)).unwrap();
+        // State costs 10: replacing fits (25 - 10 + 10); a data message of 1 does not.
+        assert_eq!(b.push(1, Msg::State(1, 2)), Ok(Kept::Coalesced));
+        assert!(b.push(1, Msg::Data("x", 1)).is_err());
+        assert_eq!(
+            drain(&mut b, 1),
+            vec![Msg::Data("big", 15), Msg::State(1, 2)]
+        );
     }
 
     #[test]

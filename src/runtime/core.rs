@@ -204,16 +204,21 @@ impl Pending for MeshMsg {
     }
 
     fn exempt(&self) -> bool {
-        // Bounded by the run caps (and a lost release would leak a slot for good).
+        // Run-slot bookkeeping is bounded by the run caps (and a lost release would leak a
+        // slot for good); coalesced replica updates and leaves are bounded by the number of
+        // devices, connections and cores, and losing one would leave a replica wrong
+        // until the next change.
         matches!(
             self,
             MeshMsg::RunSlotAcquire(_) | MeshMsg::RunSlotRelease | MeshMsg::Shutdown
-        )
+        ) || !matches!(self.coalesce(), Coalesce::No)
     }
 }
 
 impl MeshMsg {
-    /// The message will never be delivered: answer whoever awaits it.
+    /// The message will never be delivered: answer whoever awaits it. (Pairings and
+    /// session ops go by direct send and answer "busy" themselves; this is for any that
+    /// ever take the ordered path.)
     fn refuse(self) {
         match self {
             MeshMsg::Pair(_, reply) => reply.send(PairOutcome::Failed("gateway busy".into())),

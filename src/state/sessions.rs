@@ -597,11 +597,28 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             ))
         }
         SessionOp::Patch { key, patch } => {
+            // A client editing what it saw (`sessions archive` sends this): refuse if the
+            // session was reset or replaced since.
+            if let Some(expected) = patch.get("expectedSessionId").and_then(Value::as_str) {
+                let current = owner.shard.borrow().get(&key).map(|e| e.session_id.clone());
+                if current.is_some_and(|c| c != expected) {
+                    return OpReply::Value(Err(ErrorShape::invalid(format!(
+                        "session {key} changed (expectedSessionId does not match); reload and retry"
+                    ))));
+                }
+            }
+            if patch.get("archived") == Some(&Value::Bool(true))
+                && crate::store::sessions::rest_of(&key) == crate::store::sessions::MAIN
+            {
+                return OpReply::Value(Err(ErrorShape::invalid(
+                    "Cannot archive an agent's main session.",
+                )));
+            }
             let r = owner
                 .shard
                 .borrow_mut()
                 .patch(&key, &patch, now_ms())
-                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
+                .map(entry_json);
             if r.is_ok() {
                 if let Err(e) = persisted(core, &key).await {
                     return OpReply::Value(Err(e));
@@ -623,7 +640,7 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
                 .shard
                 .borrow_mut()
                 .reset(&key, now_ms())
-                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
+                .map(entry_json);
             if r.is_ok() {
                 if let Err(e) = persisted(core, &key).await {
                     return OpReply::Value(Err(e));
@@ -710,6 +727,22 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             OpReply::Value(Ok(v))
         }
     }
+}
+
+/// A session row as `sessions.patch`/`sessions.reset` answer it: the stored fields plus the
+/// real gateway's names for the timestamps (`updatedAt`, … — the TUI reads those).
+fn entry_json(e: &crate::store::sessions::SessionEntry) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        let aliases: Vec<(String, Value)> = o
+            .iter()
+            .filter_map(|(k, val)| Some((k.strip_suffix("AtMs")?.to_string() + "At", val.clone())))
+            .collect();
+        for (k, val) in aliases {
+            o.entry(k).or_insert(val);
+        }
+    }
+    v
 }
 
 async fn wait_run(run: Rc<Run>) {

@@ -423,6 +423,7 @@ impl SessionShard {
         shard.carried = carried.into_values().collect();
         let mut repaired = 0usize;
         for e in shard.entries.values_mut() {
+            shard.last_now_ms = shard.last_now_ms.max(e.updated_at_ms);
             let path = transcript_path(state_dir, &e.agent_id, &e.session_id);
             // One unreadable transcript (EACCES, EIO, a directory in its place) must not keep
             // the gateway from serving every other session: its row is kept as indexed.

@@ -1,5 +1,7 @@
 //! Session index rows, transcript messages and `sessions.patch` validation (pure).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -19,6 +21,45 @@ pub const THINKING_LEVELS: &[&str] = &[
 /// Patch fields that address the session rather than change it; accepted and ignored so
 /// callers can pass `sessions.patch` params through unchanged.
 const ADDRESS_FIELDS: &[&str] = &["key", "agentId", "sessionKey"];
+
+/// `sessions.patch` fields of the real gateway's schema (2026.9.6) that clawgate keeps
+/// as given (`null` clears) without acting on them. `expected*` preconditions other than
+/// `expectedSessionId` (checked by the caller) are accepted and ignored.
+pub const KEPT_PATCH_FIELDS: &[&str] = &[
+    "autoLabel",
+    "icon",
+    "color",
+    "category",
+    "boardFace",
+    "boardPresentation",
+    "statusNote",
+    "attention",
+    "unread",
+    "contextWindow",
+    "toolOverrides",
+    "verboseLevel",
+    "traceLevel",
+    "reasoningLevel",
+    "responseUsage",
+    "elevatedLevel",
+    "execHost",
+    "execSecurity",
+    "execAsk",
+    "execNode",
+    "permissionMode",
+    "sandboxMode",
+    "nativeRuntimeConsent",
+    "agentRuntime",
+    "completionOwnerSessionKey",
+    "inheritedToolPolicyVersion",
+    "inheritedToolAllow",
+    "inheritedToolDeny",
+    "sendPolicy",
+    "groupActivation",
+];
+
+/// Serialized size one kept setting may take.
+const MAX_SETTING_BYTES: usize = 4096;
 
 /// One session: a row of a shard's index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,6 +137,11 @@ pub struct SessionEntry {
     /// count/preview from the transcript.
     #[serde(default)]
     pub transcript_bytes: u64,
+    /// Other `sessions.patch` settings of the real gateway's schema ([`KEPT_PATCH_FIELDS`])
+    /// that clawgate stores and returns but does not act on (TUI display and verbosity
+    /// settings, send policy, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, Value>,
 }
 
 impl SessionEntry {
@@ -108,6 +154,7 @@ impl SessionEntry {
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             label: None,
+            settings: BTreeMap::new(),
             model: None,
             thinking_level: None,
             last_message_preview: None,
@@ -265,7 +312,19 @@ impl SessionEntry {
                 }
                 "pinned" => next.pinned = flag(k, v)?,
                 "archived" => next.archived = flag(k, v)?,
-                k if ADDRESS_FIELDS.contains(&k) => {}
+                k if ADDRESS_FIELDS.contains(&k) || k.starts_with("expected") => {}
+                k if KEPT_PATCH_FIELDS.contains(&k) => {
+                    if v.is_null() {
+                        next.settings.remove(k);
+                    } else if serde_json::to_string(v).map_or(true, |j| j.len() > MAX_SETTING_BYTES)
+                    {
+                        return Err(format!(
+                            "invalid {k}: larger than {MAX_SETTING_BYTES} bytes"
+                        ));
+                    } else {
+                        next.settings.insert(k.to_string(), v.clone());
+                    }
+                }
                 other => return Err(format!("invalid patch: unknown field {other:?}")),
             }
         }
