@@ -1603,7 +1603,8 @@ fn sessions_patch_takes_the_real_clients_fields() {
             json!({"key": "patchy", "responseUsage": "tokens", "verboseLevel": "on"}),
         )
         .unwrap();
-    assert_eq!(r["entry"]["settings"]["responseUsage"], "tokens", "{r}");
+    assert_eq!(r["entry"]["responseUsage"], "tokens", "{r}");
+    assert_eq!(r["resolved"]["modelProvider"], "clawgate", "{r}");
     let e = c
         .call(
             "sessions.patch",
@@ -1619,4 +1620,37 @@ fn sessions_patch_takes_the_real_clients_fields() {
     assert!(c
         .call("sessions.patch", json!({"key": "patchy", "bogus": 1}))
         .is_err());
+}
+
+#[test]
+fn chat_history_cuts_long_texts_and_honours_max_bytes() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    let long = "word ".repeat(3000); // 15 000 characters
+    send(&mut c, "longish", &long, "long-1");
+    chat_until_done(&mut c, "long-1", Duration::from_secs(20));
+    let h = c
+        .call("chat.history", json!({"sessionKey": "longish"}))
+        .unwrap();
+    let first = h["messages"][0]["content"][0]["text"].as_str().unwrap();
+    // The real gateway's default: 8000 characters and a marker.
+    assert!(
+        first.ends_with("\n...(truncated)..."),
+        "{}",
+        &first[first.len() - 40..]
+    );
+    assert_eq!(
+        first.chars().count(),
+        8000 + "\n...(truncated)...".chars().count()
+    );
+    let h = c
+        .call(
+            "chat.history",
+            json!({"sessionKey": "longish", "maxChars": 4, "maxBytes": 400}),
+        )
+        .unwrap();
+    let msgs = h["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1, "only the newest fits in 400 bytes: {h}");
+    assert_eq!(msgs[0]["role"], "assistant");
+    assert_eq!(h["hasMore"], true, "{h}");
 }

@@ -139,6 +139,9 @@ fn value(r: OpReply) -> Result<Value, ErrorShape> {
 const WAIT_SLICE: Duration = Duration::from_secs(5);
 /// Longest `idempotencyKey` accepted (bytes).
 const MAX_IDEMPOTENCY_KEY: usize = 512;
+/// `chat.history` pages hold at most this many bytes of messages (the real gateway's 6 MiB).
+const HISTORY_MAX_BYTES: usize = 6 << 20;
+
 /// `sessions.preview` answers for the first this-many keys (as the real gateway).
 const MAX_PREVIEW_KEYS: usize = 64;
 
@@ -413,6 +416,15 @@ async fn run(
             let requested = req_str(name, o, "sessionKey")?.to_string();
             let key = key_of(s, name, &requested)?;
             let limit = opt_u64(name, o, "limit")?.unwrap_or(200).clamp(1, 1000) as usize;
+            // As the real gateway: texts cut at 8000 characters unless asked otherwise, the
+            // page at most 6 MiB of messages (less if `maxBytes` says so).
+            let max_chars = opt_u64(name, o, "maxChars")?
+                .map_or(8000, |n| usize::try_from(n).unwrap_or(usize::MAX).max(1));
+            let max_bytes = opt_u64(name, o, "maxBytes")?
+                .map_or(HISTORY_MAX_BYTES, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                })
+                .min(HISTORY_MAX_BYTES);
             let owner = shard_of(&key, workers);
             value(
                 route(
@@ -422,6 +434,8 @@ async fn run(
                         key,
                         requested,
                         limit,
+                        max_chars,
+                        max_bytes,
                     },
                 )
                 .await,

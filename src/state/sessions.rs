@@ -89,6 +89,11 @@ pub enum SessionOp {
         requested: String,
         /// Max messages.
         limit: usize,
+        /// Each message's text is cut to this many characters (`maxChars`, default 8000).
+        max_chars: usize,
+        /// The messages together stay under this many bytes of JSON (`maxBytes`, at most
+        /// 6 MiB): the oldest are left out first.
+        max_bytes: usize,
     },
     /// `sessions.preview` for one key.
     Preview {
@@ -548,19 +553,18 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             key,
             requested,
             limit,
+            max_chars,
+            max_bytes,
         } => {
             let shard = owner.shard.borrow();
             let msgs = match shard.history(&key, limit.saturating_add(1)) {
                 Ok(m) => m,
                 Err(e) => return OpReply::Value(Err(store_err(e))),
             };
-            let has_more = msgs.len() > limit;
-            let start = msgs.len().saturating_sub(limit);
-            let wire: Vec<Value> = msgs[start..]
-                .iter()
-                .map(TranscriptMessage::to_wire)
-                .collect();
             let total = shard.get(&key).map(|e| e.message_count).unwrap_or(0);
+            let start = msgs.len().saturating_sub(limit);
+            let (wire, kept_all) = history_page(&msgs[start..], max_chars, max_bytes);
+            let has_more = !kept_all || start > 0 || (msgs.len() as u64) < total.min(limit as u64);
             let agent_id = crate::store::sessions::agent_of(&key).to_string();
             let is_main = key.ends_with(":main");
             OpReply::Value(Ok(json!({
@@ -618,16 +622,18 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
                 .shard
                 .borrow_mut()
                 .patch(&key, &patch, now_ms())
-                .map(entry_json);
+                .map(|e| entry_json(core, e));
             if r.is_ok() {
                 if let Err(e) = persisted(core, &key).await {
                     return OpReply::Value(Err(e));
                 }
             }
             match r {
-                Ok(entry) => {
+                Ok((entry, resolved)) => {
                     sessions_changed(core, &key, "patch");
-                    OpReply::Value(Ok(json!({"ok": true, "key": key, "entry": entry})))
+                    OpReply::Value(Ok(
+                        json!({"ok": true, "key": key, "entry": entry, "resolved": resolved}),
+                    ))
                 }
                 Err(e) => OpReply::Value(Err(ErrorShape::invalid(format!(
                     "invalid sessions.patch params: {e}"
@@ -640,16 +646,18 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
                 .shard
                 .borrow_mut()
                 .reset(&key, now_ms())
-                .map(entry_json);
+                .map(|e| entry_json(core, e));
             if r.is_ok() {
                 if let Err(e) = persisted(core, &key).await {
                     return OpReply::Value(Err(e));
                 }
             }
             match r {
-                Ok(entry) => {
+                Ok((entry, resolved)) => {
                     sessions_changed(core, &key, "reset");
-                    OpReply::Value(Ok(json!({"ok": true, "key": key, "entry": entry})))
+                    OpReply::Value(Ok(
+                        json!({"ok": true, "key": key, "entry": entry, "resolved": resolved}),
+                    ))
                 }
                 Err(e) => OpReply::Value(Err(store_err(e))),
             }
@@ -729,20 +737,54 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
     }
 }
 
-/// A session row as `sessions.patch`/`sessions.reset` answer it: the stored fields plus the
-/// real gateway's names for the timestamps (`updatedAt`, … — the TUI reads those).
-fn entry_json(e: &crate::store::sessions::SessionEntry) -> Value {
-    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        let aliases: Vec<(String, Value)> = o
-            .iter()
-            .filter_map(|(k, val)| Some((k.strip_suffix("AtMs")?.to_string() + "At", val.clone())))
-            .collect();
-        for (k, val) in aliases {
-            o.entry(k).or_insert(val);
+/// The real gateway's per-message bound on `chat.history` (larger ones are replaced).
+const HISTORY_MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// The placeholder it puts in their place.
+const HISTORY_OVERSIZED: &str = "[chat.history omitted: message too large]";
+
+/// `chat.history`'s messages, newest kept: texts cut to `max_chars` (with the real
+/// gateway's "…(truncated)…" marker), a message still over 128 KiB replaced by its
+/// placeholder, and the oldest left out once the page passes `max_bytes`. Returns the page
+/// and whether every message made it in.
+fn history_page(
+    msgs: &[TranscriptMessage],
+    max_chars: usize,
+    max_bytes: usize,
+) -> (Vec<Value>, bool) {
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for m in msgs.iter().rev() {
+        let mut m = m.clone();
+        if let Some((cut, _)) = m.text.char_indices().nth(max_chars) {
+            m.text.truncate(cut);
+            m.text.push_str("\n...(truncated)...");
         }
+        let mut wire = m.to_wire();
+        let mut size = serde_json::to_string(&wire).map_or(usize::MAX, |j| j.len());
+        if size > HISTORY_MAX_MESSAGE_BYTES {
+            m.text = HISTORY_OVERSIZED.to_string();
+            wire = m.to_wire();
+            size = serde_json::to_string(&wire).map_or(usize::MAX, |j| j.len());
+        }
+        if bytes.saturating_add(size) > max_bytes {
+            page.reverse();
+            return (page, false);
+        }
+        bytes += size;
+        page.push(wire);
     }
-    v
+    page.reverse();
+    (page, true)
+}
+
+/// A session row as `sessions.patch`/`sessions.reset` answer it: the real gateway's entry
+/// shape (`updatedAt`, … — the TUI reads those) and the model it resolves to.
+fn entry_json(core: &Core, e: &crate::store::sessions::SessionEntry) -> (Value, Value) {
+    let resolved = match agents::resolve_model(&core.shared.config, e.model.as_deref()) {
+        Ok(t) => json!({"modelProvider": t.provider, "model": t.model}),
+        Err(_) => json!({}),
+    };
+    (e.to_wire(), resolved)
 }
 
 async fn wait_run(run: Rc<Run>) {
@@ -1525,6 +1567,34 @@ mod tests {
             error: None,
             usage: None,
         }
+    }
+
+    #[test]
+    fn history_pages_cut_texts_replace_giants_and_keep_the_newest_under_the_byte_cap() {
+        let h = vec![
+            m("user", "old", "r1"),
+            m("assistant", &"é".repeat(20), "r1"),
+            m("user", &"x".repeat(200 * 1024), "r2"),
+            m("assistant", "newest", "r2"),
+        ];
+        let (page, all) = history_page(&h, 10, usize::MAX);
+        assert!(all);
+        let texts: Vec<&str> = page
+            .iter()
+            .map(|w| w["content"][0]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts[0], "old");
+        assert_eq!(texts[1], format!("{}\n...(truncated)...", "é".repeat(10)));
+        assert_eq!(texts[3], "newest");
+        // A text cut to its chars can still be a giant when maxChars is large: replaced.
+        let (page, _) = history_page(&h, usize::MAX, usize::MAX);
+        assert_eq!(page[2]["content"][0]["text"], HISTORY_OVERSIZED);
+        // The byte cap keeps the newest and reports that some were left out.
+        let one = serde_json::to_string(&page[3]).unwrap().len();
+        let (page, all) = history_page(&h, usize::MAX, one);
+        assert!(!all);
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0]["content"][0]["text"], "newest");
     }
 
     #[test]

@@ -236,6 +236,13 @@ impl SessionEntry {
         if self.archived {
             m.insert("archived".into(), json!(true));
         }
+        if let Some(t) = self.session_started_at_ms {
+            m.insert("sessionStartedAt".into(), json!(t));
+        }
+        // Kept `sessions.patch` settings are entry fields in the real gateway's rows.
+        for (k, v) in &self.settings {
+            m.entry(k.clone()).or_insert_with(|| v.clone());
+        }
         Value::Object(m)
     }
 

@@ -13,6 +13,10 @@ pub const FILE_MODE: u32 = 0o600;
 pub const DIR_MODE: u32 = 0o700;
 /// First window [`read_tail`] reads from the end of a transcript.
 const TAIL_WINDOW: u64 = 64 * 1024;
+/// The most of a transcript's end that one tail read loads: 1000 messages of 25 MiB each
+/// must not become a 25 GB read on the owner core. Messages beyond it are not returned (the
+/// caller reports `hasMore`); a single line longer than this is skipped.
+pub const MAX_TAIL_BYTES: u64 = 32 << 20;
 
 /// An open transcript, kept between appends until the next flush.
 #[derive(Debug)]
@@ -152,7 +156,7 @@ pub fn read_tail(path: &Path, limit: usize) -> io::Result<Vec<TranscriptMessage>
             };
         }
         let (mut msgs, skipped) = parse_lines(body);
-        if msgs.len() >= limit || start == 0 {
+        if msgs.len() >= limit || start == 0 || window >= MAX_TAIL_BYTES {
             if skipped > 0 {
                 tracing::debug!(path = %path.display(), skipped, "skipped undecodable transcript lines");
             }
@@ -160,7 +164,7 @@ pub fn read_tail(path: &Path, limit: usize) -> io::Result<Vec<TranscriptMessage>
             msgs.drain(..cut);
             return Ok(msgs);
         }
-        window = window.saturating_mul(4);
+        window = window.saturating_mul(4).min(MAX_TAIL_BYTES);
     }
 }
 
