@@ -173,6 +173,7 @@ impl DeviceRegistry {
     /// Unparseable JSON or an unknown `version` is an `InvalidData` error (never silently
     /// treated as empty, which would un-pair every device on the next save).
     pub fn load(state_dir: &Path) -> std::io::Result<Self> {
+        remove_stale_temps(&paired_path(state_dir));
         let bytes = match std::fs::read(paired_path(state_dir)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
@@ -488,6 +489,31 @@ pub fn to_pair_list_entry(d: &PairedDevice, connected: bool) -> Value {
     o
 }
 
+/// Remove `<file>.tmp.<pid>.<random>` files a killed writer left next to `path` (an
+/// atomic write interrupted before its rename), unless their process is still alive.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{name}.tmp.");
+    for ent in entries.flatten() {
+        let file = ent.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| {
+            p == std::process::id() || Path::new("/proc").join(p.to_string()).exists()
+        });
+        if !alive {
+            let _ = std::fs::remove_file(ent.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,6 +532,23 @@ mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn load_removes_temp_files_of_dead_writers_only() {
+        let d = test_dir("stale-temps");
+        let devices = d.join("devices");
+        std::fs::create_dir_all(&devices).unwrap();
+        let dead = devices.join("paired.json.tmp.4000000000.ab12");
+        let ours = devices.join(format!("paired.json.tmp.{}.cd34", std::process::id()));
+        let other = devices.join("other.json.tmp.4000000000.ef56");
+        for f in [&dead, &ours, &other] {
+            std::fs::write(f, b"{").unwrap();
+        }
+        DeviceRegistry::load(&d).unwrap();
+        assert!(!dead.exists(), "a dead writer's temp file stays forever");
+        assert!(ours.exists() && other.exists());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     fn sv(v: &[&str]) -> Vec<String> {

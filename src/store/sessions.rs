@@ -966,7 +966,10 @@ impl SessionShard {
         next.pinned = old.pinned;
         next.archived = old.archived;
         next.display_name = old.display_name.clone();
-        next.last_interaction_at_ms = old.last_interaction_at_ms;
+        next.settings = old.settings.clone();
+        // The fresh session's clock starts now (as the real gateway's reset entry): carrying
+        // the old interaction time would let an idle policy reset it again at once.
+        next.last_interaction_at_ms = Some(now_ms);
         // The old transcript keeps its name until no durable index row points at it.
         let retire = AfterIndex::Retire {
             path: old_path,
