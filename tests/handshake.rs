@@ -121,6 +121,16 @@ fn wrong_token_gets_auth_token_mismatch_then_1008() {
     let (seen, code, _) = drain_to_close(&mut c);
     assert_eq!(seen[0]["error"]["details"]["code"], "AUTH_TOKEN_MISSING");
     assert_eq!(code, 1008);
+    // A (wrong) password to a token gateway: the token is missing, as the real gateway says.
+    let mut c = Client::open(&g.url(), Duration::from_secs(5)).unwrap();
+    let _ = c.next_json().unwrap();
+    let mut f = connect_frame(&g, "", 0);
+    f["params"]["auth"] = json!({"password": "not-the-token"});
+    c.send_text(f.to_string().as_bytes()).unwrap();
+    let (seen, code, _) = drain_to_close(&mut c);
+    assert_eq!(seen[0]["error"]["details"]["code"], "AUTH_TOKEN_MISSING");
+    assert_eq!(seen[0]["error"]["details"]["authReason"], "token_missing");
+    assert_eq!(code, 1008);
     // Others unaffected.
     g.connect(&["operator.read"])
         .call("health", json!({}))

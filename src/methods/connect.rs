@@ -92,6 +92,18 @@ pub async fn handle(
         (_, Some(secret)) => Some(presented.iter().any(|p| secret_eq(p, secret))),
     };
 
+    // For the failure report only: a wrong secret in the other mode's field (a password
+    // sent to a token gateway) is a missing token to the real gateway, not a mismatch.
+    let own_field = match mode {
+        AuthMode::Password => auth.password.is_some(),
+        _ => auth.token.is_some(),
+    };
+    let reported_ok = if shared_ok == Some(false) && !own_field {
+        None
+    } else {
+        shared_ok
+    };
+
     // 2. Device token (auth.deviceToken, or auth.token when it is not the shared secret).
     let device_token = auth.device_token.as_deref().or(if shared_ok == Some(true) {
         None
@@ -162,7 +174,7 @@ pub async fn handle(
                 id,
                 secret_failure(
                     mode,
-                    shared_ok,
+                    reported_ok,
                     device_token.is_some(),
                     Some(verified.device_id.as_str()).filter(|_| auth.device_token.is_none()),
                 ),
@@ -231,7 +243,7 @@ pub async fn handle(
         }
         return s.fail(
             id,
-            secret_failure(mode, shared_ok, device_token.is_some(), None),
+            secret_failure(mode, reported_ok, device_token.is_some(), None),
             1008,
         );
     }
