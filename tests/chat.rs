@@ -1654,3 +1654,83 @@ fn chat_history_cuts_long_texts_and_honours_max_bytes() {
     assert_eq!(msgs[0]["role"], "assistant");
     assert_eq!(h["hasMore"], true, "{h}");
 }
+
+#[test]
+fn describe_channels_commands_wake_and_history_session_info() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    send(&mut c, "described", "hi", "desc-1");
+    chat_until_done(&mut c, "desc-1", Duration::from_secs(10));
+    c.call(
+        "sessions.patch",
+        json!({"key": "described", "verboseLevel": "on"}),
+    )
+    .unwrap();
+    let d = c
+        .call("sessions.describe", json!({"key": "described"}))
+        .unwrap();
+    assert_eq!(d["session"]["key"], "agent:main:described", "{d}");
+    assert_eq!(d["session"]["verboseLevel"], "on", "{d}");
+    assert!(d["session"]["sessionId"].is_string(), "{d}");
+    let none = c
+        .call("sessions.describe", json!({"key": "never-seen"}))
+        .unwrap();
+    assert_eq!(none, json!({"session": null}));
+    assert!(c
+        .call("sessions.describe", json!({"key": "described", "bogus": 1}))
+        .is_err());
+    // chat.history's sessionInfo is the full row (the TUI restores settings from it).
+    let h = c
+        .call("chat.history", json!({"sessionKey": "described"}))
+        .unwrap();
+    assert_eq!(h["sessionInfo"]["verboseLevel"], "on", "{h}");
+    assert_eq!(h["sessionInfo"]["sessionId"], d["session"]["sessionId"]);
+    // No channels: the real gateway's empty answer; an unknown channel is an error.
+    let ch = c.call("channels.status", json!({"probe": true})).unwrap();
+    assert_eq!(ch["channels"], json!({}), "{ch}");
+    assert_eq!(ch["channelOrder"], json!([]), "{ch}");
+    assert!(c
+        .call("channels.status", json!({"channel": "telegram"}))
+        .is_err());
+    let cmds = c
+        .call(
+            "commands.list",
+            json!({"scope": "text", "includeArgs": false}),
+        )
+        .unwrap();
+    let names: Vec<&str> = cmds["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["new", "reset"]);
+    // No heartbeat runner: wake is answered, not unknown, and says why it did nothing.
+    let w = c
+        .call("wake", json!({"mode": "now", "text": "check mail"}))
+        .unwrap();
+    assert_eq!(w["ok"], false, "{w}");
+    assert!(c
+        .call("wake", json!({"mode": "later", "text": "x"}))
+        .is_err());
+    // A run past its deadline: the CLI prints the real runner's timeout notice.
+    let res = c
+        .call_raw(
+            "agent",
+            Some(json!({"message": "/slow a b c d e f g h", "idempotencyKey": "desc-t", "timeout": 1})),
+        )
+        .unwrap();
+    let id = res["id"].as_str().unwrap().to_string();
+    let v = loop {
+        let v = c.next_json().unwrap();
+        if v["type"] == "res" && v["id"] == id.as_str() {
+            break v;
+        }
+    };
+    let p = &v["payload"]["result"]["payloads"][0];
+    assert_eq!(p["isError"], true, "{v}");
+    assert!(
+        p["text"].as_str().unwrap().starts_with("Request timed out"),
+        "{v}"
+    );
+}

@@ -308,3 +308,48 @@ fn real_cli_agent_command_prints_the_reply() {
         .unwrap_or_default();
     assert!(text.contains("and as json"), "{v}");
 }
+
+/// Commands that find the gateway from `~/.openclaw/openclaw.json`: `sessions archive`
+/// (sessions.patch with expectedSessionId, confirmed by `archivedAt`) and `channels status`.
+#[test]
+fn real_cli_archives_a_session_and_reads_channel_status() {
+    let Some(cli) = real_cli() else { return };
+    let g = Gateway::start("uring");
+    let home = temp_dir("cli-home");
+    std::fs::create_dir_all(home.join(".openclaw")).unwrap();
+    std::fs::write(
+        home.join(".openclaw/openclaw.json"),
+        format!(
+            r#"{{"gateway":{{"mode":"local","port":{},"auth":{{"mode":"token","token":"{}"}}}}}}"#,
+            g.port, g.token
+        ),
+    )
+    .unwrap();
+    let mut c = g.connect(&["operator.read", "operator.write", "operator.admin"]);
+    c.call(
+        "chat.send",
+        serde_json::json!({"sessionKey": "to-archive", "message": "hi", "idempotencyKey": "arch-1"}),
+    )
+    .unwrap();
+    let o = run(
+        &cli,
+        &home,
+        &["sessions", "archive", "agent:main:to-archive"],
+    );
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+    let listed = c
+        .call("sessions.list", serde_json::json!({"archived": true}))
+        .unwrap();
+    let rows = listed["sessions"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["key"], "agent:main:to-archive");
+    assert!(rows[0]["archivedAt"].is_i64(), "{listed}");
+    let o = run(&cli, &home, &["channels", "status"]);
+    assert_eq!(o.code, 0, "stdout={} stderr={}", o.stdout, o.stderr);
+    assert!(
+        !o.stdout.contains("unknown method") && !o.stderr.contains("unknown method"),
+        "stdout={} stderr={}",
+        o.stdout,
+        o.stderr
+    );
+}

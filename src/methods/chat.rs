@@ -42,6 +42,8 @@ pub enum ChatMethod {
     SessionsDelete,
     /// `sessions.subscribe`.
     SessionsSubscribe,
+    /// `sessions.describe`.
+    SessionsDescribe,
 }
 
 fn obj<'a>(method: &str, p: &'a Value) -> Result<&'a serde_json::Map<String, Value>, ErrorShape> {
@@ -145,6 +147,9 @@ const HISTORY_MAX_BYTES: usize = 6 << 20;
 /// `sessions.preview` answers for the first this-many keys (as the real gateway).
 const MAX_PREVIEW_KEYS: usize = 64;
 
+/// The real runner's reply for a run that hit its deadline.
+const AGENT_TIMEOUT_TEXT: &str = "Request timed out before a response was generated. Please try again, or increase `agents.defaults.timeoutSeconds` in your config.";
+
 /// `agent`'s second answer for a run that completed, or was aborted or timed out (both
 /// "timeout", as the real gateway projects a cancellation): the reply text in
 /// `result.payloads` (what `openclaw agent` prints) and the run's facts in `result.meta`.
@@ -173,6 +178,13 @@ fn agent_final(run_id: &str, mut wait: Value) -> Value {
         });
     }
     meta["aborted"] = json!(true);
+    // A run past its deadline answers what the real runner does: the partial reply is
+    // dropped for a notice the CLI prints (an abort keeps what was said).
+    let payloads = if wait.get("stopReason") == Some(&json!("timeout")) {
+        json!([{"text": AGENT_TIMEOUT_TEXT, "isError": true}])
+    } else {
+        payloads
+    };
     let mut v = json!({
         "runId": run_id,
         "status": "timeout",
@@ -214,6 +226,16 @@ async fn wait_any(
     Err(ErrorShape::invalid(format!("unknown runId: {run_id}")))
 }
 
+/// `{session: <sessions.list row> | null}` for one canonical key, from its owner core.
+async fn describe(s: &Session, owner: usize, key: String) -> Result<Value, ErrorShape> {
+    match route(&s.core, owner, SessionOp::Describe { key: key.clone() }).await {
+        OpReply::Summaries(rows) => {
+            Ok(s.with_sessions_view(&rows, |v| super::system::session_describe(v, &key)))
+        }
+        other => value(other),
+    }
+}
+
 /// `sessions.list`: every core's rows, gathered and shaped here.
 async fn sessions_list(s: &Session, name: &str, params: &Value) -> Result<Value, ErrorShape> {
     let core = &s.core;
@@ -250,6 +272,7 @@ pub async fn handle(s: &Session, m: ChatMethod, id: &str, params: &Value) {
         ChatMethod::SessionsReset => "sessions.reset",
         ChatMethod::SessionsDelete => "sessions.delete",
         ChatMethod::SessionsSubscribe => "sessions.subscribe",
+        ChatMethod::SessionsDescribe => "sessions.describe",
     };
     let result = run(s, m, name, id, params).await;
     match result {
@@ -287,6 +310,12 @@ async fn run(
             "maxChars",
         ]),
         ChatMethod::AgentWait => Some(&["runId", "timeoutMs"]),
+        ChatMethod::SessionsDescribe => Some(&[
+            "key",
+            "agentId",
+            "includeDerivedTitles",
+            "includeLastMessage",
+        ]),
         ChatMethod::SessionsPreview => Some(&["keys", "limit", "maxChars"]),
         ChatMethod::SessionsReset => Some(&["key", "agentId", "reason", "expectedSessionId"]),
         _ => None,
@@ -426,12 +455,12 @@ async fn run(
                 })
                 .min(HISTORY_MAX_BYTES);
             let owner = shard_of(&key, workers);
-            value(
+            let mut page = value(
                 route(
                     core,
                     owner,
                     SessionOp::History {
-                        key,
+                        key: key.clone(),
                         requested,
                         limit,
                         max_chars,
@@ -439,8 +468,20 @@ async fn run(
                     },
                 )
                 .await,
-            )
-            .map(Some)
+            )?;
+            // `sessionInfo` is the session's full list row, as the real gateway sends it (the
+            // TUI restores its settings and token count from it).
+            if let Ok(d) = describe(s, owner, key).await {
+                if let (Some(row), Some(info)) = (
+                    d.get("session").and_then(Value::as_object),
+                    page.get_mut("sessionInfo").and_then(Value::as_object_mut),
+                ) {
+                    for (k, v) in row {
+                        info.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Ok(Some(page))
         }
         ChatMethod::AgentWait => {
             let run_id = req_str(name, o, "runId")?.to_string();
@@ -489,6 +530,11 @@ async fn run(
             Ok(None)
         }
         ChatMethod::SessionsList => sessions_list(s, name, params).await.map(Some),
+        ChatMethod::SessionsDescribe => {
+            let key = key_of(s, name, req_str(name, o, "key")?)?;
+            let owner = shard_of(&key, workers);
+            describe(s, owner, key).await.map(Some)
+        }
         ChatMethod::SessionsSubscribe => {
             // As the real gateway: params are sessions.list's; with any, the list comes too.
             // Subscribed only once the params are known good (as the real gateway).

@@ -125,6 +125,12 @@ pub static TABLE: &[MethodSpec] = &[
         handler: Handler::Chat(chat::ChatMethod::SessionsSubscribe),
     },
     MethodSpec {
+        name: "sessions.describe",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: Handler::Chat(chat::ChatMethod::SessionsDescribe),
+    },
+    MethodSpec {
         name: "sessions.preview",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
@@ -177,6 +183,24 @@ pub static TABLE: &[MethodSpec] = &[
         role: RoleReq::Operator,
         scope: Some(scopes::WRITE),
         handler: Handler::Chat(chat::ChatMethod::AgentWait),
+    },
+    MethodSpec {
+        name: "channels.status",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: Handler::Sync(system_methods::channels_status),
+    },
+    MethodSpec {
+        name: "commands.list",
+        role: RoleReq::Operator,
+        scope: Some(scopes::READ),
+        handler: Handler::Sync(system_methods::commands_list),
+    },
+    MethodSpec {
+        name: "wake",
+        role: RoleReq::Operator,
+        scope: Some(scopes::WRITE),
+        handler: Handler::Sync(system_methods::wake),
     },
     MethodSpec {
         name: "node.list",
@@ -555,6 +579,99 @@ mod system_methods {
     pub(super) fn config_get(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(s.with_view(system::config_get))
     }
+    /// Reject params outside `allowed` (the real schemas are closed objects).
+    fn closed(method: &str, p: &Value, allowed: &[&str]) -> Result<(), ErrorShape> {
+        match p {
+            Value::Null => Ok(()),
+            Value::Object(o) => match o.keys().find(|k| !allowed.contains(&k.as_str())) {
+                Some(k) => Err(ErrorShape::invalid_params(
+                    method,
+                    format!("at root: unexpected property '{k}'"),
+                )),
+                None => Ok(()),
+            },
+            _ => Err(ErrorShape::invalid_params(
+                method,
+                "params must be an object",
+            )),
+        }
+    }
+
+    /// `channels.status`: clawgate has no chat channels; the real gateway's answer for none.
+    pub(super) fn channels_status(_s: &Session, p: &Value) -> Result<Value, ErrorShape> {
+        closed("channels.status", p, &["probe", "timeoutMs", "channel"])?;
+        if let Some(ch) = p.get("channel").and_then(Value::as_str) {
+            return Err(ErrorShape::invalid(format!("unknown channel: {ch}")));
+        }
+        Ok(json!({
+            "ts": now_ms(),
+            "channelOrder": [],
+            "channelLabels": {},
+            "channelDetailLabels": {},
+            "channelSystemImages": {},
+            "channelMeta": [],
+            "channels": {},
+            "channelAccounts": {},
+            "channelDefaultAccountId": {},
+            "statusIssues": [],
+        }))
+    }
+
+    /// `commands.list`: the chat commands clawgate handles (`/new`, `/reset`).
+    pub(super) fn commands_list(_s: &Session, p: &Value) -> Result<Value, ErrorShape> {
+        closed(
+            "commands.list",
+            p,
+            &["sessionKey", "agentId", "provider", "scope", "includeArgs"],
+        )?;
+        let scope = p.get("scope").and_then(Value::as_str).unwrap_or("both");
+        if !matches!(scope, "text" | "native" | "both") {
+            return Err(ErrorShape::invalid_params(
+                "commands.list",
+                "at /scope: must be one of text, native, both",
+            ));
+        }
+        let cmd = |name: &str, description: &str| {
+            json!({
+                "name": name,
+                "nativeName": name,
+                "textAliases": [format!("/{name}")],
+                "description": description,
+                "category": "session",
+                "source": "native",
+                "scope": "both",
+                "acceptsArgs": true,
+            })
+        };
+        Ok(json!({"commands": [
+            cmd("new", "Start a new session."),
+            cmd("reset", "Reset the current session."),
+        ]}))
+    }
+
+    /// `wake`: clawgate runs no heartbeat or cron, so no session can be woken; answered as
+    /// the real gateway answers when it has no scheduler (`ok: false` with its reason).
+    pub(super) fn wake(_s: &Session, p: &Value) -> Result<Value, ErrorShape> {
+        let mode = p.get("mode").and_then(Value::as_str);
+        if !matches!(mode, Some("now" | "next-heartbeat")) {
+            return Err(ErrorShape::invalid_params(
+                "wake",
+                "at /mode: must be one of now, next-heartbeat",
+            ));
+        }
+        if !p
+            .get("text")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty())
+        {
+            return Err(ErrorShape::invalid_params(
+                "wake",
+                "at /text: must be a non-empty string",
+            ));
+        }
+        Ok(json!({"ok": false, "reason": "unwakeable-session-key"}))
+    }
+
     pub(super) fn node_list(_s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(json!({"ts": now_ms(), "nodes": []}))
     }

@@ -154,6 +154,13 @@ pub struct SessionSummary {
     pub last_run_id: Option<String>,
     /// Error message of the last run, if it failed.
     pub last_run_error: Option<String>,
+    /// Archived (`sessions.patch {archived}`): listed only when asked for.
+    pub archived: bool,
+    /// Pinned.
+    pub pinned: bool,
+    /// Kept `sessions.patch` settings (`verboseLevel`, `responseUsage`, `archivedAt`, …),
+    /// row fields in the real gateway.
+    pub settings: std::collections::BTreeMap<String, Value>,
 }
 
 /// A connected client, for its `system-presence` row.
@@ -881,6 +888,24 @@ fn classification(key: &str) -> &str {
     }
 }
 
+/// `sessions.describe`: `{session: <its sessions.list row>}`, `{session: null}` when `key`
+/// (canonical) is not among `v.sessions`, archived or not.
+pub fn session_describe(v: &SystemView, key: &str) -> Value {
+    let agents = roster(v.config);
+    let default_id = default_agent(&agents).map(|a| a.id).unwrap_or("main");
+    let Some(s) = v.sessions.iter().find(|s| s.key == key) else {
+        return json!({"session": null});
+    };
+    let aid = session_agent(s, default_id);
+    let agent_model = agents
+        .iter()
+        .find(|a| a.id == aid)
+        .map(|a| a.model)
+        .or_else(|| default_agent(&agents).map(|a| a.model))
+        .unwrap_or(OFFLINE_MODEL_REF);
+    json!({"session": session_row(v, s, aid, agent_model)})
+}
+
 /// One `sessions.list` row (the same projection the real gateway sends in `sessions.changed`).
 fn session_row(v: &SystemView, s: &SessionSummary, agent_id: &str, agent_model: &str) -> Value {
     let class = classification(&s.key);
@@ -910,8 +935,8 @@ fn session_row(v: &SystemView, s: &SessionSummary, agent_id: &str, agent_model: 
     }
     row.insert("chatType".into(), json!("direct"));
     row.insert("updatedAt".into(), updated_at(s));
-    row.insert("archived".into(), json!(false));
-    row.insert("pinned".into(), json!(false));
+    row.insert("archived".into(), json!(s.archived));
+    row.insert("pinned".into(), json!(s.pinned));
     row.insert("unread".into(), json!(false));
     if let Some(t) = s.last_interaction_at_ms.filter(|t| *t > 0) {
         row.insert("lastInteractionAt".into(), json!(t));
@@ -925,6 +950,9 @@ fn session_row(v: &SystemView, s: &SessionSummary, agent_id: &str, agent_model: 
         row.insert("totalTokens".into(), json!(total));
     }
     row.insert("totalTokensFresh".into(), json!(s.total_tokens.is_some()));
+    for (k, v) in &s.settings {
+        row.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     if let Some(status) = s.status.as_deref().filter(|st| RUN_STATUSES.contains(st)) {
         row.insert("status".into(), json!(status));
     }
@@ -996,8 +1024,8 @@ fn matches_search(s: &SessionSummary, row: &Value, agent_name: Option<&str>, nee
 ///
 /// Honours `limit` (default 100), `offset`, `search` (case-insensitive substring of key, label,
 /// session id, display name, model, status, agent name), `agentId`, `label` (exact),
-/// `activeMinutes`, `activeOnly`, `configuredAgentsOnly`, `archived: true` and `pinned: true`
-/// (clawgate has neither, so nothing matches). Other schema params are accepted and ignored;
+/// `activeMinutes`, `activeOnly`, `configuredAgentsOnly`, `archived: true` (only archived
+/// sessions; without it they are left out) and `pinned: true`. Other schema params are accepted and ignored;
 /// unknown params or wrong types are `Err` with the real server's message wording.
 pub fn sessions_list(v: &SystemView, params: &Value) -> Result<Value, String> {
     let p = validate_sessions_list(params)?;
@@ -1016,8 +1044,9 @@ pub fn sessions_list(v: &SystemView, params: &Value) -> Result<Value, String> {
     let active_minutes = p.get("activeMinutes").and_then(as_integer);
     let active_only = p.get("activeOnly").and_then(Value::as_bool) == Some(true);
     let configured_only = p.get("configuredAgentsOnly").and_then(Value::as_bool) == Some(true);
-    let nothing = p.get("archived").and_then(Value::as_bool) == Some(true)
-        || p.get("pinned").and_then(Value::as_bool) == Some(true);
+    // Archived sessions are listed only with `archived: true` (then only they are).
+    let archived_only = p.get("archived").and_then(Value::as_bool) == Some(true);
+    let pinned_only = p.get("pinned").and_then(Value::as_bool) == Some(true);
     let limit = p
         .get("limit")
         .and_then(as_integer)
@@ -1036,8 +1065,8 @@ pub fn sessions_list(v: &SystemView, params: &Value) -> Result<Value, String> {
 
     let mut matched = Vec::new();
     for s in sorted {
-        if nothing {
-            break;
+        if s.archived != archived_only || (pinned_only && !s.pinned) {
+            continue;
         }
         let aid = session_agent(s, default_id);
         let agent = agents.iter().find(|a| a.id == aid);

@@ -127,6 +127,12 @@ pub enum SessionOp {
     },
     /// `sessions.list` gather.
     List,
+    /// One session's summary (none when unknown): `sessions.describe`, `chat.history`'s
+    /// `sessionInfo`.
+    Describe {
+        /// Canonical key.
+        key: String,
+    },
     /// Wait for a run's end (`agent.wait`, the second `agent` response).
     Wait {
         /// Run id.
@@ -698,6 +704,15 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             }
         }
         SessionOp::List => OpReply::Summaries(owner.summaries()),
+        SessionOp::Describe { key } => OpReply::Summaries(
+            owner
+                .shard
+                .borrow()
+                .get(&key)
+                .map(|e| e.summary())
+                .into_iter()
+                .collect(),
+        ),
         SessionOp::Wait { run_id, timeout_ms } => {
             let run = owner.runs.borrow().get(&run_id).cloned();
             let Some(run) = run else {

@@ -819,7 +819,19 @@ impl SessionShard {
         let mut next = existing
             .clone()
             .unwrap_or_else(|| SessionEntry::new(key, agent_of(key), uuid_v4(), now_ms));
-        let changed = next.apply_patch(patch).map_err(PatchError::Invalid)?;
+        let mut changed = next.apply_patch(patch).map_err(PatchError::Invalid)?;
+        // When and why it was archived, as the real gateway records (the CLI's `sessions
+        // archive` checks `entry.archivedAt`).
+        if next.archived && !next.settings.contains_key("archivedAt") {
+            next.settings
+                .insert("archivedAt".into(), serde_json::json!(now_ms));
+            next.settings
+                .insert("archiveReason".into(), serde_json::json!("manual"));
+            changed = true;
+        } else if !next.archived {
+            changed |= next.settings.remove("archivedAt").is_some();
+            changed |= next.settings.remove("archiveReason").is_some();
+        }
         if existing.is_none() || changed {
             next.updated_at_ms = next.updated_at_ms.max(now_ms);
             self.commit(next, Vec::new())?;

@@ -199,6 +199,9 @@ impl SessionEntry {
             run_ended_at_ms: self.run_ended_at_ms,
             last_run_id: self.last_run_id.clone(),
             last_run_error: self.last_run_error.clone(),
+            archived: self.archived,
+            pinned: self.pinned,
+            settings: self.settings.clone(),
         }
     }
 
