@@ -659,10 +659,9 @@ mod system_methods {
                 "at /mode: must be one of now, next-heartbeat",
             ));
         }
-        if !p
-            .get("text")
+        if p.get("text")
             .and_then(Value::as_str)
-            .is_some_and(|t| !t.is_empty())
+            .is_none_or(str::is_empty)
         {
             return Err(ErrorShape::invalid_params(
                 "wake",
