@@ -92,6 +92,18 @@ fn user_texts(c: &mut Client, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// `agent` with `params`: skips its first (accepted) answer and returns the final one.
+fn agent_final(c: &mut Client, params: Value) -> Value {
+    let res = c.call_raw("agent", Some(params)).unwrap();
+    let id = res["id"].as_str().unwrap().to_string();
+    loop {
+        let v = c.next_json().unwrap();
+        if v["type"] == "res" && v["id"] == id.as_str() {
+            return v;
+        }
+    }
+}
+
 /// A gateway whose `agents.defaults.maxConcurrent` is 1.
 fn gateway_with_one_run_slot() -> Gateway {
     Gateway::start_with(Opts {
@@ -368,19 +380,10 @@ fn agent_answers_twice_and_agent_wait_reports_the_outcome() {
     assert!(fin["result"]["meta"]["agentMeta"]["sessionId"].is_string());
     assert!(w.get("_agentMeta").is_none(), "{w}");
     // A run past its deadline: a result with status timeout, not an error.
-    let res = c
-        .call_raw(
-            "agent",
-            Some(json!({"message": "/slow take your time please", "idempotencyKey": "ag-t", "timeout": 1})),
-        )
-        .unwrap();
-    let id = res["id"].as_str().unwrap().to_string();
-    let v = loop {
-        let v = c.next_json().unwrap();
-        if v["type"] == "res" && v["id"] == id.as_str() {
-            break v;
-        }
-    };
+    let v = agent_final(
+        &mut c,
+        json!({"message": "/slow take your time please", "idempotencyKey": "ag-t", "timeout": 1}),
+    );
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["payload"]["status"], "timeout", "{v}");
     assert_eq!(v["payload"]["summary"], "aborted", "{v}");
@@ -390,19 +393,10 @@ fn agent_answers_twice_and_agent_wait_reports_the_outcome() {
         .unwrap();
     assert_eq!(w["status"], "timeout", "{w}");
     // Failing run: ok:false with both payload and error.
-    let res = c
-        .call_raw(
-            "agent",
-            Some(json!({"message": "/error", "idempotencyKey": "ag-2"})),
-        )
-        .unwrap();
-    let id = res["id"].as_str().unwrap().to_string();
-    let v = loop {
-        let v = c.next_json().unwrap();
-        if v["type"] == "res" && v["id"] == id.as_str() {
-            break v;
-        }
-    };
+    let v = agent_final(
+        &mut c,
+        json!({"message": "/error", "idempotencyKey": "ag-2"}),
+    );
     assert_eq!(v["ok"], false);
     assert_eq!(v["payload"]["status"], "error");
     assert_eq!(v["error"]["code"], "UNAVAILABLE");
@@ -1552,19 +1546,10 @@ fn a_bare_reset_command_answers_a_status_notice_without_asking_the_model() {
         .unwrap();
     assert_eq!(h["messages"].as_array().unwrap().len(), 0, "{h}");
     // Through `agent`: the notice is the result, flagged as such.
-    let res = c
-        .call_raw(
-            "agent",
-            Some(json!({"message": "/reset", "sessionKey": "noticed", "idempotencyKey": "bare-2"})),
-        )
-        .unwrap();
-    let id = res["id"].as_str().unwrap().to_string();
-    let v = loop {
-        let v = c.next_json().unwrap();
-        if v["type"] == "res" && v["id"] == id.as_str() {
-            break v;
-        }
-    };
+    let v = agent_final(
+        &mut c,
+        json!({"message": "/reset", "sessionKey": "noticed", "idempotencyKey": "bare-2"}),
+    );
     let p = &v["payload"]["result"]["payloads"][0];
     assert_eq!(p["text"], "✅ Session reset.", "{v}");
     assert_eq!(p["isStatusNotice"], true, "{v}");
@@ -1714,19 +1699,10 @@ fn describe_channels_commands_wake_and_history_session_info() {
         .call("wake", json!({"mode": "later", "text": "x"}))
         .is_err());
     // A run past its deadline: the CLI prints the real runner's timeout notice.
-    let res = c
-        .call_raw(
-            "agent",
-            Some(json!({"message": "/slow a b c d e f g h", "idempotencyKey": "desc-t", "timeout": 1})),
-        )
-        .unwrap();
-    let id = res["id"].as_str().unwrap().to_string();
-    let v = loop {
-        let v = c.next_json().unwrap();
-        if v["type"] == "res" && v["id"] == id.as_str() {
-            break v;
-        }
-    };
+    let v = agent_final(
+        &mut c,
+        json!({"message": "/slow a b c d e f g h", "idempotencyKey": "desc-t", "timeout": 1}),
+    );
     let p = &v["payload"]["result"]["payloads"][0];
     assert_eq!(p["isError"], true, "{v}");
     assert!(

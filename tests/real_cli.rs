@@ -16,6 +16,11 @@ struct Out {
 }
 
 fn run(cli: &Path, home: &Path, args: &[&str]) -> Out {
+    run_with(cli, home, args, &[])
+}
+
+/// [`run`] with extra environment variables (which replace the removed ones).
+fn run_with(cli: &Path, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
     let o = Command::new(cli)
         .args(args)
         .env("HOME", home)
@@ -23,6 +28,7 @@ fn run(cli: &Path, home: &Path, args: &[&str]) -> Out {
         .env_remove("OPENCLAW_STATE_DIR")
         .env_remove("OPENCLAW_CONFIG_PATH")
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run openclaw");
     Out {
@@ -262,23 +268,12 @@ fn real_cli_agent_command_prints_the_reply() {
     let Some(cli) = real_cli() else { return };
     let g = Gateway::start("uring");
     let home = temp_dir("cli-home");
-    let agent = |args: &[&str]| {
-        let o = Command::new(&cli)
-            .args(args)
-            .env("HOME", &home)
-            .env("OPENCLAW_GATEWAY_URL", g.url())
-            .env("OPENCLAW_GATEWAY_TOKEN", &g.token)
-            .env_remove("OPENCLAW_STATE_DIR")
-            .env_remove("OPENCLAW_CONFIG_PATH")
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run openclaw");
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).to_string(),
-            stderr: String::from_utf8_lossy(&o.stderr).to_string(),
-        }
-    };
+    let url = g.url();
+    let env = [
+        ("OPENCLAW_GATEWAY_URL", url.as_str()),
+        ("OPENCLAW_GATEWAY_TOKEN", g.token.as_str()),
+    ];
+    let agent = |args: &[&str]| run_with(&cli, &home, args, &env);
     let o = agent(&[
         "agent",
         "--agent",
