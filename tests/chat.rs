@@ -1710,3 +1710,37 @@ fn describe_channels_commands_wake_and_history_session_info() {
         "{v}"
     );
 }
+
+#[test]
+fn sessions_create_makes_a_durable_session_the_tui_can_switch_to() {
+    let g = Gateway::start("uring");
+    let mut c = g.connect(RW);
+    let made = c.call("sessions.create", json!({})).unwrap();
+    let key = made["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("agent:main:dashboard:"), "{made}");
+    assert_eq!(made["sessionId"], made["entry"]["sessionId"], "{made}");
+    assert_eq!(made["runStarted"], false);
+    // What the TUI's /new sends.
+    let tui = c
+        .call(
+            "sessions.create",
+            json!({"key": "tui-1234", "agentId": "main", "emitCommandHooks": false, "label": "from tui"}),
+        )
+        .unwrap();
+    assert_eq!(tui["key"], "agent:main:tui-1234", "{tui}");
+    assert_eq!(tui["entry"]["label"], "from tui", "{tui}");
+    let listed = c.call("sessions.list", json!({})).unwrap();
+    let keys: Vec<&str> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.contains(&key.as_str()) && keys.contains(&"agent:main:tui-1234"),
+        "{listed}"
+    );
+    send(&mut c, "tui-1234", "hello new session", "create-1");
+    let ev = chat_until_done(&mut c, "create-1", Duration::from_secs(10));
+    assert_eq!(ev.last().unwrap()["state"], "final");
+}

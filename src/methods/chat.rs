@@ -44,6 +44,8 @@ pub enum ChatMethod {
     SessionsSubscribe,
     /// `sessions.describe`.
     SessionsDescribe,
+    /// `sessions.create`.
+    SessionsCreate,
 }
 
 fn obj<'a>(method: &str, p: &'a Value) -> Result<&'a serde_json::Map<String, Value>, ErrorShape> {
@@ -273,6 +275,7 @@ pub async fn handle(s: &Session, m: ChatMethod, id: &str, params: &Value) {
         ChatMethod::SessionsDelete => "sessions.delete",
         ChatMethod::SessionsSubscribe => "sessions.subscribe",
         ChatMethod::SessionsDescribe => "sessions.describe",
+        ChatMethod::SessionsCreate => "sessions.create",
     };
     let result = run(s, m, name, id, params).await;
     match result {
@@ -530,6 +533,51 @@ async fn run(
             Ok(None)
         }
         ChatMethod::SessionsList => sessions_list(s, name, params).await.map(Some),
+        ChatMethod::SessionsCreate => {
+            // The real gateway's default key for a new session of an agent.
+            let agent = match opt_str(name, o, "agentId")? {
+                Some(a) => a.to_string(),
+                None => core.shared.config.default_agent_id().to_string(),
+            };
+            let raw = match opt_str(name, o, "key")? {
+                Some(k) => k.to_string(),
+                None => format!("agent:{agent}:dashboard:{}", crate::auth::token::uuid_v4()),
+            };
+            let key = key_of(s, name, &raw)?;
+            // Created (or adopted) with the settings clawgate acts on; the row is durable
+            // before the answer, like a patch's. The rest of the real schema (turn, worktree,
+            // catalog) is not supported and ignored.
+            let mut patch = serde_json::Map::new();
+            for k in ["label", "model", "thinkingLevel", "fastMode"] {
+                if let Some(v) = o.get(k) {
+                    patch.insert(k.to_string(), v.clone());
+                }
+            }
+            if patch.get("fastMode").is_some_and(|v| v == "auto") {
+                patch.remove("fastMode");
+            }
+            let owner = shard_of(&key, workers);
+            let r = value(
+                route(
+                    core,
+                    owner,
+                    SessionOp::Patch {
+                        key: key.clone(),
+                        patch: Value::Object(patch),
+                    },
+                )
+                .await,
+            )?;
+            let session_id = r["entry"]["sessionId"].clone();
+            Ok(Some(json!({
+                "ok": true,
+                "key": key,
+                "sessionId": session_id,
+                "entry": r["entry"],
+                "runStarted": false,
+                "resolved": r["resolved"],
+            })))
+        }
         ChatMethod::SessionsDescribe => {
             let key = key_of(s, name, req_str(name, o, "key")?)?;
             let owner = shard_of(&key, workers);

@@ -125,6 +125,12 @@ pub static TABLE: &[MethodSpec] = &[
         handler: Handler::Chat(chat::ChatMethod::SessionsSubscribe),
     },
     MethodSpec {
+        name: "sessions.create",
+        role: RoleReq::Operator,
+        scope: Some(scopes::WRITE),
+        handler: Handler::Chat(chat::ChatMethod::SessionsCreate),
+    },
+    MethodSpec {
         name: "sessions.describe",
         role: RoleReq::Operator,
         scope: Some(scopes::READ),
