@@ -1605,6 +1605,21 @@ fn sessions_patch_takes_the_real_clients_fields() {
     assert!(c
         .call("sessions.patch", json!({"key": "patchy", "bogus": 1}))
         .is_err());
+    // Listing as the real CLI does: "all" includes archived sessions, the default hides them.
+    let keys = |c: &mut Client, p: Value| -> Vec<String> {
+        c.call("sessions.list", p).unwrap()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(keys(&mut c, json!({"archived": "all"})).contains(&"agent:main:patchy".to_string()));
+    assert!(!keys(&mut c, json!({})).contains(&"agent:main:patchy".to_string()));
+    // An archived session cannot be pinned.
+    assert!(c
+        .call("sessions.patch", json!({"key": "patchy", "pinned": true}))
+        .is_err());
 }
 
 #[test]
@@ -1669,6 +1684,15 @@ fn describe_channels_commands_wake_and_history_session_info() {
         .call("chat.history", json!({"sessionKey": "described"}))
         .unwrap();
     assert_eq!(h["sessionInfo"]["verboseLevel"], "on", "{h}");
+    c.call(
+        "sessions.patch",
+        json!({"key": "described", "thinkingLevel": "high"}),
+    )
+    .unwrap();
+    let h = c
+        .call("chat.history", json!({"sessionKey": "described"}))
+        .unwrap();
+    assert_eq!(h["sessionInfo"]["thinkingLevel"], "high", "{h}");
     assert_eq!(h["sessionInfo"]["sessionId"], d["session"]["sessionId"]);
     // No channels: the real gateway's empty answer; an unknown channel is an error.
     let ch = c.call("channels.status", json!({"probe": true})).unwrap();
@@ -1740,6 +1764,9 @@ fn sessions_create_makes_a_durable_session_the_tui_can_switch_to() {
         keys.contains(&key.as_str()) && keys.contains(&"agent:main:tui-1234"),
         "{listed}"
     );
+    assert!(c
+        .call("sessions.create", json!({"agentId": "nobody"}))
+        .is_err());
     send(&mut c, "tui-1234", "hello new session", "create-1");
     let ev = chat_until_done(&mut c, "create-1", Duration::from_secs(10));
     assert_eq!(ev.last().unwrap()["state"], "final");

@@ -536,14 +536,19 @@ async fn run(
         ChatMethod::SessionsCreate => {
             // The real gateway's default key for a new session of an agent.
             let agent = match opt_str(name, o, "agentId")? {
-                Some(a) => a.to_string(),
+                Some(a) => a.trim().to_lowercase(),
                 None => core.shared.config.default_agent_id().to_string(),
             };
+            if !super::system::is_known_agent(&core.shared.config, &agent) {
+                return Err(ErrorShape::invalid(format!("Unknown agent id: {agent}")));
+            }
             let raw = match opt_str(name, o, "key")? {
                 Some(k) => k.to_string(),
                 None => format!("agent:{agent}:dashboard:{}", crate::auth::token::uuid_v4()),
             };
-            let key = key_of(s, name, &raw)?;
+            // A bare key belongs to the requested agent.
+            let key =
+                canonical_key(&raw, &agent).map_err(|e| ErrorShape::invalid_params(name, e))?;
             // Created (or adopted) with the settings clawgate acts on; the row is durable
             // before the answer, like a patch's. The rest of the real schema (turn, worktree,
             // catalog) is not supported and ignored.

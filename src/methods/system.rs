@@ -158,9 +158,13 @@ pub struct SessionSummary {
     pub archived: bool,
     /// Pinned.
     pub pinned: bool,
+    /// `thinkingLevel` override.
+    pub thinking_level: Option<String>,
+    /// `fastMode` override.
+    pub fast_mode: Option<bool>,
     /// Kept `sessions.patch` settings (`verboseLevel`, `responseUsage`, `archivedAt`, …),
-    /// row fields in the real gateway.
-    pub settings: std::collections::BTreeMap<String, Value>,
+    /// row fields in the real gateway. Shared, not copied, by every list gather and digest.
+    pub settings: std::sync::Arc<std::collections::BTreeMap<String, Value>>,
 }
 
 /// A connected client, for its `system-presence` row.
@@ -237,6 +241,11 @@ struct Agent<'c> {
     is_default: bool,
     /// Effective primary model (`provider/model`).
     model: &'c str,
+}
+
+/// `id` is one of the configured agents (or the built-in `main` when none are).
+pub fn is_known_agent(cfg: &Config, id: &str) -> bool {
+    roster(cfg).iter().any(|a| a.id == id)
 }
 
 /// Configured agents in config order (deduplicated), or the built-in `main` agent.
@@ -950,7 +959,13 @@ fn session_row(v: &SystemView, s: &SessionSummary, agent_id: &str, agent_model: 
         row.insert("totalTokens".into(), json!(total));
     }
     row.insert("totalTokensFresh".into(), json!(s.total_tokens.is_some()));
-    for (k, v) in &s.settings {
+    if let Some(level) = s.thinking_level.as_deref() {
+        row.insert("thinkingLevel".into(), json!(level));
+    }
+    if let Some(fast) = s.fast_mode {
+        row.insert("fastMode".into(), json!(fast));
+    }
+    for (k, v) in s.settings.iter() {
         row.entry(k.clone()).or_insert_with(|| v.clone());
     }
     if let Some(status) = s.status.as_deref().filter(|st| RUN_STATUSES.contains(st)) {
@@ -1044,9 +1059,14 @@ pub fn sessions_list(v: &SystemView, params: &Value) -> Result<Value, String> {
     let active_minutes = p.get("activeMinutes").and_then(as_integer);
     let active_only = p.get("activeOnly").and_then(Value::as_bool) == Some(true);
     let configured_only = p.get("configuredAgentsOnly").and_then(Value::as_bool) == Some(true);
-    // Archived sessions are listed only with `archived: true` (then only they are).
-    let archived_only = p.get("archived").and_then(Value::as_bool) == Some(true);
-    let pinned_only = p.get("pinned").and_then(Value::as_bool) == Some(true);
+    // As the real gateway: `archived: true` lists only archived sessions, `"all"` every
+    // one, anything else only the others; `pinned` true/false filters likewise.
+    let archived_filter = match p.get("archived") {
+        Some(Value::String(a)) if a == "all" => None,
+        Some(Value::Bool(true)) => Some(true),
+        _ => Some(false),
+    };
+    let pinned_filter = p.get("pinned").and_then(Value::as_bool);
     let limit = p
         .get("limit")
         .and_then(as_integer)
@@ -1065,7 +1085,9 @@ pub fn sessions_list(v: &SystemView, params: &Value) -> Result<Value, String> {
 
     let mut matched = Vec::new();
     for s in sorted {
-        if s.archived != archived_only || (pinned_only && !s.pinned) {
+        if archived_filter.is_some_and(|a| a != s.archived)
+            || pinned_filter.is_some_and(|p| p != s.pinned)
+        {
             continue;
         }
         let aid = session_agent(s, default_id);

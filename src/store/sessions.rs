@@ -819,7 +819,17 @@ impl SessionShard {
         let mut next = existing
             .clone()
             .unwrap_or_else(|| SessionEntry::new(key, agent_of(key), uuid_v4(), now_ms));
+        let was_archived = next.archived;
         let mut changed = next.apply_patch(patch).map_err(PatchError::Invalid)?;
+        // As the real gateway: archiving unpins, and an archived session cannot be pinned.
+        if next.archived && next.pinned {
+            if was_archived && patch.get("pinned") == Some(&serde_json::Value::Bool(true)) {
+                return Err(PatchError::Invalid(
+                    "Cannot pin an archived session.".to_string(),
+                ));
+            }
+            next.pinned = false;
+        }
         // When and why it was archived, as the real gateway records (the CLI's `sessions
         // archive` checks `entry.archivedAt`).
         if next.archived && !next.settings.contains_key("archivedAt") {

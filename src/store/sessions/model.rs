@@ -60,6 +60,8 @@ pub const KEPT_PATCH_FIELDS: &[&str] = &[
 
 /// Serialized size one kept setting may take.
 const MAX_SETTING_BYTES: usize = 4096;
+/// Serialized size a session's kept settings may take together.
+const MAX_SETTINGS_BYTES: usize = 8192;
 
 /// One session: a row of a shard's index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -201,7 +203,9 @@ impl SessionEntry {
             last_run_error: self.last_run_error.clone(),
             archived: self.archived,
             pinned: self.pinned,
-            settings: self.settings.clone(),
+            thinking_level: self.thinking_level.clone(),
+            fast_mode: self.fast_mode,
+            settings: std::sync::Arc::new(self.settings.clone()),
         }
     }
 
@@ -333,6 +337,14 @@ impl SessionEntry {
                         ));
                     } else {
                         next.settings.insert(k.to_string(), v.clone());
+                        // Every list row carries them: a session's settings stay small.
+                        let total =
+                            serde_json::to_string(&next.settings).map_or(usize::MAX, |j| j.len());
+                        if total > MAX_SETTINGS_BYTES {
+                            return Err(format!(
+                                "invalid patch: settings larger than {MAX_SETTINGS_BYTES} bytes together"
+                            ));
+                        }
                     }
                 }
                 other => return Err(format!("invalid patch: unknown field {other:?}")),
