@@ -132,7 +132,7 @@ pub async fn route(core: &Rc<Core>, owner: usize, op: SessionOp) -> OpReply {
 fn value(r: OpReply) -> Result<Value, ErrorShape> {
     match r {
         OpReply::Value(v) => v,
-        OpReply::Summaries(_) | OpReply::NotHere => Err(ErrorShape::new(
+        OpReply::Summaries(_) | OpReply::NotHere | OpReply::History(..) => Err(ErrorShape::new(
             UNAVAILABLE,
             "unexpected reply from session owner",
         )),
@@ -323,11 +323,8 @@ async fn run(
         ChatMethod::SessionsReset => Some(&["key", "agentId", "reason", "expectedSessionId"]),
         _ => None,
     };
-    if let Some(k) = allowed.and_then(|a| o.keys().find(|k| !a.contains(&k.as_str()))) {
-        return Err(ErrorShape::invalid_params(
-            name,
-            format!("at root: unexpected property '{k}'"),
-        ));
+    if let Some(allowed) = allowed {
+        super::closed_params(name, params, allowed)?;
     }
     match m {
         ChatMethod::Send | ChatMethod::Agent => {
@@ -458,30 +455,33 @@ async fn run(
                 })
                 .min(HISTORY_MAX_BYTES);
             let owner = shard_of(&key, workers);
-            let mut page = value(
-                route(
-                    core,
-                    owner,
-                    SessionOp::History {
-                        key: key.clone(),
-                        requested,
-                        limit,
-                        max_chars,
-                        max_bytes,
-                    },
-                )
-                .await,
-            )?;
+            let reply = route(
+                core,
+                owner,
+                SessionOp::History {
+                    key: key.clone(),
+                    requested,
+                    limit,
+                    max_chars,
+                    max_bytes,
+                },
+            )
+            .await;
+            let OpReply::History(page, summary) = reply else {
+                return value(reply).map(Some);
+            };
+            let mut page = page?;
             // `sessionInfo` is the session's full list row, as the real gateway sends it (the
             // TUI restores its settings and token count from it).
-            if let Ok(d) = describe(s, owner, key).await {
-                if let (Some(row), Some(info)) = (
-                    d.get("session").and_then(Value::as_object),
-                    page.get_mut("sessionInfo").and_then(Value::as_object_mut),
-                ) {
-                    for (k, v) in row {
-                        info.insert(k.clone(), v.clone());
-                    }
+            let rows: Vec<_> = summary.into_iter().map(|b| *b).collect();
+            let described =
+                s.with_sessions_view(&rows, |v| super::system::session_describe(v, &key));
+            if let (Some(row), Some(info)) = (
+                described.get("session").and_then(Value::as_object),
+                page.get_mut("sessionInfo").and_then(Value::as_object_mut),
+            ) {
+                for (k, v) in row {
+                    info.insert(k.clone(), v.clone());
                 }
             }
             Ok(Some(page))

@@ -564,6 +564,25 @@ pub fn gateway_presence(core: &Core) -> Value {
     with_view(core, false, system::gateway_presence_entry)
 }
 
+/// Reject params outside `allowed` (where the real schema is a closed object), with the
+/// real gateway's wording.
+pub(crate) fn closed_params(method: &str, p: &Value, allowed: &[&str]) -> Result<(), ErrorShape> {
+    match p {
+        Value::Null => Ok(()),
+        Value::Object(o) => match o.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => Err(ErrorShape::invalid_params(
+                method,
+                format!("at root: unexpected property '{k}'"),
+            )),
+            None => Ok(()),
+        },
+        _ => Err(ErrorShape::invalid_params(
+            method,
+            "params must be an object",
+        )),
+    }
+}
+
 mod system_methods {
     //! Thin adapters from the table to the pure builders in `system`.
     use super::*;
@@ -585,27 +604,9 @@ mod system_methods {
     pub(super) fn config_get(s: &Session, _p: &Value) -> Result<Value, ErrorShape> {
         Ok(s.with_view(system::config_get))
     }
-    /// Reject params outside `allowed` (the real schemas are closed objects).
-    fn closed(method: &str, p: &Value, allowed: &[&str]) -> Result<(), ErrorShape> {
-        match p {
-            Value::Null => Ok(()),
-            Value::Object(o) => match o.keys().find(|k| !allowed.contains(&k.as_str())) {
-                Some(k) => Err(ErrorShape::invalid_params(
-                    method,
-                    format!("at root: unexpected property '{k}'"),
-                )),
-                None => Ok(()),
-            },
-            _ => Err(ErrorShape::invalid_params(
-                method,
-                "params must be an object",
-            )),
-        }
-    }
-
     /// `channels.status`: clawgate has no chat channels; the real gateway's answer for none.
     pub(super) fn channels_status(_s: &Session, p: &Value) -> Result<Value, ErrorShape> {
-        closed("channels.status", p, &["probe", "timeoutMs", "channel"])?;
+        closed_params("channels.status", p, &["probe", "timeoutMs", "channel"])?;
         if let Some(ch) = p.get("channel").and_then(Value::as_str) {
             return Err(ErrorShape::invalid(format!("unknown channel: {ch}")));
         }
@@ -625,7 +626,7 @@ mod system_methods {
 
     /// `commands.list`: the chat commands clawgate handles (`/new`, `/reset`).
     pub(super) fn commands_list(_s: &Session, p: &Value) -> Result<Value, ErrorShape> {
-        closed(
+        closed_params(
             "commands.list",
             p,
             &["sessionKey", "agentId", "provider", "scope", "includeArgs"],

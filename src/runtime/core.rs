@@ -215,27 +215,6 @@ impl Pending for MeshMsg {
     }
 }
 
-impl MeshMsg {
-    /// The message will never be delivered: answer whoever awaits it. (Pairings and
-    /// session ops go by direct send and answer "busy" themselves; this is for any that
-    /// ever take the ordered path.)
-    fn refuse(self) {
-        match self {
-            MeshMsg::Pair(_, reply) => reply.send(PairOutcome::Failed("gateway busy".into())),
-            MeshMsg::SessionOp(_, reply) => {
-                reply.send(crate::state::sessions::OpReply::Value(Err(
-                    crate::protocol::error::ErrorShape::new(
-                        crate::protocol::error::UNAVAILABLE,
-                        "the session's core is not answering",
-                    )
-                    .retry_after(1000),
-                )));
-            }
-            _ => {}
-        }
-    }
-}
-
 /// Outcome of a pairing/token request handled by core 0.
 #[derive(Debug, Clone)]
 pub enum PairOutcome {
@@ -1162,7 +1141,8 @@ impl Core {
             Err(refused) => {
                 // Core `to` has not drained 64 MiB of waiting messages: it is stalled, and
                 // this core's memory is not its buffer. Its clients miss this (as a slow
-                // consumer's would); anyone awaiting an answer is told now.
+                // consumer's would). Nothing refused here has a requester waiting: pairings
+                // and session ops go by direct send, run-slot messages are exempt.
                 let n = self.mesh_backlog_refused.get() + 1;
                 self.mesh_backlog_refused.set(n);
                 if n == 1 || n.is_power_of_two() {
@@ -1173,7 +1153,7 @@ impl Core {
                         "mesh backlog over budget: core {to} is not draining; message dropped"
                     );
                 }
-                refused.refuse();
+                drop(refused);
             }
         }
     }

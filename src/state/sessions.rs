@@ -151,6 +151,8 @@ pub enum OpReply {
     Summaries(Vec<SessionSummary>),
     /// The run is not on this core (wait gather).
     NotHere,
+    /// A `chat.history` page and the session's summary (for `sessionInfo`), in one hop.
+    History(Result<Value, ErrorShape>, Option<Box<SessionSummary>>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,9 +307,9 @@ impl SessionOwner {
     /// cap is not split evenly across shards that hash unevenly. Sessions with a run
     /// queued or running are never pruned.
     pub fn maintain(&self, now_ms: i64, elsewhere: usize) {
+        let mine = self.shard.borrow().len();
         if !self.policy.maintenance_enforce {
             // `maintenance.mode: "warn"`: report what enforcing would do, change nothing.
-            let mine = self.shard.borrow().len();
             if let Some(max) = self.policy.max_entries {
                 if cap_share(mine, elsewhere, max) > 0 {
                     tracing::warn!(
@@ -319,7 +321,6 @@ impl SessionOwner {
             }
             return;
         }
-        let mine = self.shard.borrow().len();
         let max = self
             .policy
             .max_entries
@@ -563,25 +564,31 @@ pub async fn exec(core: &Rc<Core>, op: SessionOp) -> OpReply {
             max_bytes,
         } => {
             let shard = owner.shard.borrow();
-            let msgs = match shard.history(&key, limit.saturating_add(1)) {
+            let mut msgs = match shard.history(&key, limit.saturating_add(1)) {
                 Ok(m) => m,
-                Err(e) => return OpReply::Value(Err(store_err(e))),
+                Err(e) => return OpReply::History(Err(store_err(e)), None),
             };
-            let total = shard.get(&key).map(|e| e.message_count).unwrap_or(0);
-            let start = msgs.len().saturating_sub(limit);
-            let (wire, kept_all) = history_page(&msgs[start..], max_chars, max_bytes);
-            let has_more = !kept_all || start > 0 || (msgs.len() as u64) < total.min(limit as u64);
+            let row = shard.get(&key);
+            let total = row.map(|e| e.message_count).unwrap_or(0);
+            let summary = row.map(|e| Box::new(e.summary()));
+            let read = msgs.len();
+            let start = read.saturating_sub(limit);
+            let (wire, kept_all) = history_page(msgs.split_off(start), max_chars, max_bytes);
+            let has_more = !kept_all || start > 0 || (read as u64) < total.min(limit as u64);
             let agent_id = crate::store::sessions::agent_of(&key).to_string();
             let is_main = key.ends_with(":main");
-            OpReply::Value(Ok(json!({
-                "sessionKey": requested,
-                "messages": wire,
-                "pendingInputs": {"items": [], "total": 0},
-                "hasMore": has_more,
-                "totalMessages": total,
-                "defaults": {"modelProvider": "clawgate", "model": "offline"},
-                "sessionInfo": {"key": key, "kind": "direct", "classification": if is_main {"main"} else {"direct"}, "agentId": agent_id, "isMain": is_main, "isBackground": false},
-            })))
+            OpReply::History(
+                Ok(json!({
+                    "sessionKey": requested,
+                    "messages": wire,
+                    "pendingInputs": {"items": [], "total": 0},
+                    "hasMore": has_more,
+                    "totalMessages": total,
+                    "defaults": {"modelProvider": "clawgate", "model": "offline"},
+                    "sessionInfo": {"key": key, "kind": "direct", "classification": if is_main {"main"} else {"direct"}, "agentId": agent_id, "isMain": is_main, "isBackground": false},
+                })),
+                summary,
+            )
         }
         SessionOp::Preview {
             key,
@@ -762,14 +769,13 @@ const HISTORY_OVERSIZED: &str = "[chat.history omitted: message too large]";
 /// placeholder, and the oldest left out once the page passes `max_bytes`. Returns the page
 /// and whether every message made it in.
 fn history_page(
-    msgs: &[TranscriptMessage],
+    msgs: Vec<TranscriptMessage>,
     max_chars: usize,
     max_bytes: usize,
 ) -> (Vec<Value>, bool) {
     let mut page = Vec::new();
     let mut bytes = 0usize;
-    for m in msgs.iter().rev() {
-        let mut m = m.clone();
+    for mut m in msgs.into_iter().rev() {
         if let Some((cut, _)) = m.text.char_indices().nth(max_chars) {
             m.text.truncate(cut);
             m.text.push_str("\n...(truncated)...");
@@ -938,7 +944,7 @@ fn send_now(
             )
         });
     // `/new hello` starts the fresh session with "hello" (as OpenClaw does); a bare trigger
-    // stays the turn's text so the agent greets the new session.
+    // is answered with a status notice instead of a model turn.
     let notice = match trigger.as_deref() {
         Some("") if message.trim_start().to_lowercase().starts_with("/reset") => {
             Some("✅ Session reset.")
@@ -1592,7 +1598,7 @@ mod tests {
             m("user", &"x".repeat(200 * 1024), "r2"),
             m("assistant", "newest", "r2"),
         ];
-        let (page, all) = history_page(&h, 10, usize::MAX);
+        let (page, all) = history_page(h.clone(), 10, usize::MAX);
         assert!(all);
         let texts: Vec<&str> = page
             .iter()
@@ -1602,11 +1608,11 @@ mod tests {
         assert_eq!(texts[1], format!("{}\n...(truncated)...", "é".repeat(10)));
         assert_eq!(texts[3], "newest");
         // A text cut to its chars can still be a giant when maxChars is large: replaced.
-        let (page, _) = history_page(&h, usize::MAX, usize::MAX);
+        let (page, _) = history_page(h.clone(), usize::MAX, usize::MAX);
         assert_eq!(page[2]["content"][0]["text"], HISTORY_OVERSIZED);
         // The byte cap keeps the newest and reports that some were left out.
         let one = serde_json::to_string(&page[3]).unwrap().len();
-        let (page, all) = history_page(&h, usize::MAX, one);
+        let (page, all) = history_page(h.clone(), usize::MAX, one);
         assert!(!all);
         assert_eq!(page.len(), 1);
         assert_eq!(page[0]["content"][0]["text"], "newest");
